@@ -1,0 +1,104 @@
+"""CPU executor: compiled FlexAttention with a BlockMask made from a Layout.
+
+Full blocks become FlexAttention's "full" blocks (no mask_mod call); partial blocks evaluate a
+mask_mod that reads the layout's packed bits. The compiled function is built once per process and
+reused: changing only the mask contents does not recompile (the mask table is padded to a
+power-of-two row count so its shape rarely changes).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from headsparse.kernels.layout import Layout
+
+try:
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+except ImportError:  # pragma: no cover - torch < 2.5 is not supported
+    BlockMask = None
+    flex_attention = None
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+# Mask tables are padded to at least this many rows (then powers of two): the table's shape is
+# part of the compiled graph's guards, so a varying row count would recompile.
+_MIN_TABLE_ROWS = 1024
+
+
+def _padded_table(bits: Tensor) -> Tensor:
+    rows = max(_MIN_TABLE_ROWS, bits.shape[0])
+    target = 1 << math.ceil(math.log2(rows))
+    if target == bits.shape[0]:
+        return bits
+    pad = torch.zeros(target - bits.shape[0], *bits.shape[1:], dtype=bits.dtype, device=bits.device)
+    return torch.cat([bits, pad])
+
+
+def layout_block_mask(layout: Layout, batch: int, device: torch.device) -> BlockMask:
+    """FlexAttention BlockMask for ``layout`` over padded lengths (multiples of the blocks)."""
+    key = ("block_mask", batch, str(device))
+    if key in layout._cache:
+        return layout._cache[key]
+    lay = layout.to(device)
+    bm, bn = lay.block_m, lay.block_n
+    ids = lay.mask_ids()
+    table = _padded_table(lay.mask_bits)
+    per_batch = lay.batch > 1
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        mid = ids[b if per_batch else 0, h, q_idx // bm, kv_idx // bn]
+        word = table[mid.clamp(min=0), q_idx % bm, (kv_idx % bn) // 32]
+        return (mid >= 0) & (((word >> ((kv_idx % bn) % 32)) & 1) != 0)
+
+    def expand(t: Tensor) -> Tensor:
+        return t.expand(batch, *t.shape[1:]) if t.shape[0] != batch else t
+
+    def full_width(idx: Tensor) -> Tensor:
+        # BlockMask reads the number of key blocks from the index tensors' last dimension.
+        pad = lay.num_kv_blocks - idx.shape[-1]
+        return F.pad(idx, (0, pad)) if pad else idx
+
+    block_mask = BlockMask.from_kv_blocks(
+        expand(lay.part_num), expand(full_width(lay.part_idx)), expand(lay.full_num), expand(full_width(lay.full_idx)),
+        BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
+        seq_lengths=(lay.num_q_blocks * bm, lay.num_kv_blocks * bn),
+    )
+    layout._cache[key] = block_mask
+    return block_mask
+
+
+def _pad_len(x: Tensor, length: int) -> Tensor:
+    if x.shape[2] == length:
+        return x
+    return F.pad(x, (0, 0, 0, length - x.shape[2]))
+
+
+def flex_block_sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, layout: Layout, *, scale: float | None = None,
+    return_lse: bool = False, compiled: bool = True,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Run compiled FlexAttention on q/k/v [B, H, L, D] in the layout's (permuted) order."""
+    if flex_attention is None:  # pragma: no cover
+        raise RuntimeError("this torch has no FlexAttention (torch >= 2.5 is required)")
+    if return_lse and compiled and q.device.type == "cpu":
+        raise ValueError("compiled FlexAttention on CPU cannot return the log-sum-exp; use backend='masked'")
+    lq = q.shape[2]
+    block_mask = layout_block_mask(layout, q.shape[0], q.device)
+    qp = _pad_len(q, layout.num_q_blocks * layout.block_m)
+    kp = _pad_len(k, layout.num_kv_blocks * layout.block_n)
+    vp = _pad_len(v, layout.num_kv_blocks * layout.block_n)
+    fn = _compiled_flex() if compiled else flex_attention
+    result = fn(qp, kp, vp, block_mask=block_mask, scale=scale, return_lse=return_lse)
+    if return_lse:
+        out, lse = result
+        return out[:, :, :lq], lse[:, :, :lq].float()
+    return result[:, :, :lq]

@@ -1,0 +1,124 @@
+"""``sparse_attention``: the one entry point that runs a Layout on whatever device q lives on.
+
+CUDA tensors go to the Triton kernel. CPU tensors go to compiled FlexAttention, except when the
+layout visits so many blocks that dense SDPA is faster (``CPU_DENSE_CROSSOVER``, measured by
+``benchmarks/attention.py``), when every block is full (plain SDPA, no mask), or when compile is
+unavailable (the eager masked executor). The layout's token permutation is applied before and
+undone after, so callers always see the original token order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from headsparse.kernels.flex import flex_block_sparse_attention
+from headsparse.kernels.layout import Layout
+from headsparse.kernels.masked import masked_block_attention
+from headsparse.kernels.permute import permute_tokens, triton_available
+from headsparse.kernels.triton_attention import triton_block_sparse_attention
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "triton", "flex", "masked"]
+
+# Block density above which the eager masked executor (dense SDPA with a mask) beats compiled
+# FlexAttention on CPU. See benchmarks/results/attention_cpu.md.
+CPU_DENSE_CROSSOVER = 0.5
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_flex_compile_failed = False
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch, heads and head_dim"
+        )
+    if not isinstance(layout, Layout):
+        raise TypeError(f"layout must be a headsparse Layout, got {type(layout).__name__}")
+    b, h, lq, _ = q.shape
+    if layout.num_heads != h:
+        raise ValueError(f"layout has {layout.num_heads} heads but q has {h}")
+    if layout.batch not in (1, b):
+        raise ValueError(f"layout batch {layout.batch} must be 1 or the input batch {b}")
+    if (layout.q_len, layout.kv_len) != (lq, k.shape[2]):
+        raise ValueError(
+            f"layout was built for q_len={layout.q_len}, kv_len={layout.kv_len} but got "
+            f"q_len={lq}, kv_len={k.shape[2]}"
+        )
+
+
+def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> str:
+    """The executor ``backend="auto"`` uses for these inputs."""
+    if q.device.type == "cuda" and triton_available(q.device):
+        return "triton"
+    if layout.is_dense() and not return_lse:
+        return "sdpa"
+    # Compiled FlexAttention on CPU is inference-only and cannot return the log-sum-exp.
+    needs_eager = return_lse or (torch.is_grad_enabled() and q.requires_grad)
+    if needs_eager or _flex_compile_failed or float(layout.block_density().mean()) >= CPU_DENSE_CROSSOVER:
+        return "masked"
+    return "flex"
+
+
+def sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, layout: Layout, *, scale: float | None = None,
+    return_lse: bool = False, backend: Backend = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention of q/k/v [B, H, L, D] restricted to ``layout``, in the original token order.
+
+    Returns the output [B, H, Lq, D] in q's dtype, and with ``return_lse`` the float32
+    log-sum-exp [B, H, Lq] (natural log; -inf for a query that keeps no key, whose output is 0).
+    """
+    global _flex_compile_failed
+    _check_inputs(q, k, v, layout)
+    layout = layout.to(q.device)
+    chosen = choose_backend(q, layout, return_lse=return_lse) if backend == "auto" else backend
+    if chosen == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if layout.perm is not None:
+        q, k, v = (permute_tokens(t, layout.perm) for t in (q, k, v))
+    if chosen == "triton":
+        if not triton_available(q.device):
+            raise RuntimeError(
+                f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 on CPU); q is on {q.device}"
+            )
+        result = triton_block_sparse_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
+    elif chosen == "flex":
+        try:
+            result = flex_block_sparse_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
+        except Exception as exc:
+            if backend == "flex":
+                raise
+            logger.warning("compiled FlexAttention failed (%s); using the eager masked executor", exc)
+            _flex_compile_failed = True
+            result = masked_block_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
+    elif chosen == "masked":
+        result = masked_block_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
+    else:
+        raise ValueError(f"backend must be one of 'auto', 'triton', 'flex', 'masked'; got {backend!r}")
+    if layout.perm is None:
+        return result
+    inv = layout.inverse_perm()
+    if return_lse:
+        out, lse = result
+        return permute_tokens(out, inv), torch.gather(lse, 2, inv[None].expand_as(lse))
+    return permute_tokens(result, inv)
