@@ -8,6 +8,7 @@ several runs) and writes it under benchmarks/results/.
 
     python benchmarks/attention.py                 # the full table (about 20 minutes on 2 cores)
     python benchmarks/attention.py --quick         # small sizes, a minute
+    python benchmarks/attention.py --device cuda   # Triton kernel and FlexAttention vs SDPA (flash)
 """
 
 from __future__ import annotations
@@ -62,12 +63,18 @@ def spatial_layout(heads: int, frames: int, block: int) -> Layout:
     return Layout.from_block_kinds(kinds, masks, q_len=length, kv_len=length, block_m=block, block_n=block)
 
 
-def best_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int, device: str = "cpu") -> float:
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     fn()  # warm-up (and compile)
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -80,17 +87,20 @@ def run(args: argparse.Namespace) -> list[dict]:
         layouts = {f"random {d:.2f}": random_block_layout(args.heads, length, d, args.block) for d in args.densities}
         if frames * TOKENS_PER_FRAME == length:
             layouts[f"spatial ({frames} frames)"] = spatial_layout(args.heads, frames, args.block)
+        layouts = {name: lay.to(args.device) for name, lay in layouts.items()}
         for dname in args.dtypes:
             dtype = DTYPES[dname]
-            q, k, v = (torch.randn(1, args.heads, length, args.head_dim, dtype=dtype) for _ in range(3))
+            q, k, v = (torch.randn(1, args.heads, length, args.head_dim, dtype=dtype, device=args.device)
+                       for _ in range(3))
             repeats = args.repeats if length < 20000 else max(1, args.repeats - 1)
             with torch.inference_mode():
-                dense = best_time(partial(F.scaled_dot_product_attention, q, k, v), repeats)
+                dense = best_time(partial(F.scaled_dot_product_attention, q, k, v), repeats, args.device)
                 print(f"L={length} {dname}: dense SDPA {dense:.3f} s", flush=True)
                 for lname, layout in layouts.items():
                     for backend in args.backends:
                         chosen = choose_backend(q, layout) if backend == "auto" else backend
-                        t = best_time(partial(sparse_attention, q, k, v, layout, backend=backend), repeats)
+                        t = best_time(partial(sparse_attention, q, k, v, layout, backend=backend), repeats,
+                                      args.device)
                         row = {
                             "L": length, "dtype": dname, "layout": lname, "backend": f"{backend} ({chosen})"
                             if backend == "auto" else backend,
@@ -104,12 +114,25 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    device = platform.processor() or platform.machine()
+    if args.device == "cuda":
+        device = f"GPU {torch.cuda.get_device_name()}"
+    else:
+        device = f"CPU ({_cpu_model()}, {torch.get_num_threads()} threads)"
     lines = [
-        "# Attention: dense SDPA vs headsparse (CPU)",
+        f"# Attention: dense SDPA vs headsparse ({args.device})",
         "",
-        f"Device: CPU ({device}, {torch.get_num_threads()} threads), torch {torch.__version__}. "
+        f"Device: {device}, torch {torch.__version__}. "
         f"B=1, H={args.heads}, D={args.head_dim}, block {args.block}. Min of {args.repeats} runs "
         "(one fewer at L >= 20000) after a warm-up, dense and sparse in one process.",
         "",
@@ -134,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[4680, 7800, 26520])
     p.add_argument("--densities", type=float, nargs="+", default=[0.25, 0.10, 0.05])
     p.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
-    p.add_argument("--backends", nargs="+", default=["auto", "flex"])
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="executors to time (default: auto flex grouped on CPU, triton flex on CUDA)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--block", type=int, default=128)
@@ -143,12 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="markdown table path (default under benchmarks/results/)")
     args = p.parse_args(argv)
     args.argv = argv
+    if args.backends is None:
+        args.backends = ["triton", "flex"] if args.device == "cuda" else ["auto", "flex", "grouped"]
     if args.quick:
         args.lengths, args.dtypes, args.repeats = [1560, 3120], ["bf16"], 2
     rows = run(args)
     out = args.out
     if out is None:
-        name = "attention_cpu_quick.md" if args.quick else "attention_cpu.md"
+        name = f"attention_{args.device}{'_quick' if args.quick else ''}.md"
         out = Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(rows, args))

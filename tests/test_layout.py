@@ -99,10 +99,16 @@ def test_inverse_permutation():
     assert torch.equal(torch.gather(perm, 1, inv), torch.arange(50).expand(3, 50))
 
 
+_FIELDS = ("q_len", "kv_len", "block_m", "block_n", "full_num", "full_idx", "part_num", "part_idx", "part_mask",
+           "mask_bits")
+
+
+def layout_fields(lay):
+    return {f: getattr(lay, f) for f in _FIELDS}
+
+
 def _valid_kwargs():
-    lay = Layout.from_dense_mask(random_mask(1, 2, 64, 64), block_m=32, block_n=32)
-    return {f: getattr(lay, f) for f in ("q_len", "kv_len", "block_m", "block_n", "full_num", "full_idx",
-                                         "part_num", "part_idx", "part_mask", "mask_bits")}
+    return layout_fields(Layout.from_dense_mask(random_mask(1, 2, 64, 64), block_m=32, block_n=32))
 
 
 @pytest.mark.parametrize(
@@ -127,8 +133,7 @@ def test_validation_names_bad_field(field, mutate, message):
 def test_validation_rejects_out_of_range_and_duplicates():
     kinds = torch.full((1, 1, 2, 2), BLOCK_FULL, dtype=torch.int8)
     lay = Layout.from_block_kinds(kinds, None, q_len=64, kv_len=64, block_m=32, block_n=32)
-    base = {f: getattr(lay, f) for f in ("q_len", "kv_len", "block_m", "block_n", "full_num", "full_idx",
-                                         "part_num", "part_idx", "part_mask", "mask_bits")}
+    base = layout_fields(lay)
     bad = dict(base, full_idx=torch.full_like(lay.full_idx, 5))
     with pytest.raises(ValueError, match="full_idx holds a key block outside"):
         Layout(**bad)

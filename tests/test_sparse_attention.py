@@ -93,7 +93,7 @@ def test_triton_log_sum_exp():
         (2, 128, 192, 32, 32, 64, 0.5, False),
     ],
 )
-@pytest.mark.parametrize("backend", ["flex", "masked"])
+@pytest.mark.parametrize("backend", ["grouped", "flex", "masked"])
 def test_cpu_executors_match_reference(h, lq, lk, d, bm, bn, density, perm, backend):
     lay = make_layout(1, h, lq, lk, density, bm, bn, perm=perm)
     q, k, v = qkv(2, h, lq, lk, d, torch.float32)
@@ -126,9 +126,9 @@ def test_executors_agree_with_each_other():
     lay = make_layout(1, 3, 192, 192, 0.4, 64, 64, perm=True)
     q, k, v = qkv(1, 3, 192, 192, 64, torch.float32)
     with torch.no_grad():
-        outs = {be: sparse_attention(q, k, v, lay, backend=be) for be in ("triton", "flex", "masked")}
-    torch.testing.assert_close(outs["triton"], outs["flex"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs["triton"], outs["masked"], atol=1e-5, rtol=0)
+        outs = {be: sparse_attention(q, k, v, lay, backend=be) for be in ("triton", "grouped", "flex", "masked")}
+    for backend in ("grouped", "flex", "masked"):
+        torch.testing.assert_close(outs["triton"], outs[backend], atol=1e-5, rtol=0)
 
 
 def test_masked_executor_log_sum_exp_and_permutation():
@@ -156,8 +156,12 @@ def test_auto_backend_choice_on_cpu():
     with torch.no_grad():
         assert choose_backend(q, sparse) == "flex"
         assert choose_backend(q, sparse, return_lse=True) == "masked"
-    dense_ish = make_layout(1, 2, 256, 256, 1.0, 64, 64)
-    assert choose_backend(q, dense_ish) == "masked"  # above the measured crossover
+        dense_ish = make_layout(1, 2, 256, 256, 1.0, 64, 64)
+        assert choose_backend(q, dense_ish) == "flex"  # masked dense SDPA is slower even here
+        ids = torch.arange(1024) // 512  # two 512-token "frames": groups of 8 query blocks
+        frames = Layout.from_dense_mask((ids[:, None] == ids[None, :]).expand(2, 1024, 1024), block_m=64,
+                                        block_n=64)
+        assert choose_backend(torch.randn(1, 2, 1024, 64), frames) == "grouped"
 
 
 def test_skipped_head_gives_zeros_not_nan():
@@ -166,7 +170,7 @@ def test_skipped_head_gives_zeros_not_nan():
     lay = Layout.from_dense_mask(mask, block_m=32, block_n=32)
     assert lay.full_num[0, 1].sum() == 0 and lay.part_num[0, 1].sum() == 0
     q, k, v = qkv(1, 2, 96, 96, 32, torch.float32)
-    for backend in ("triton", "flex", "masked"):
+    for backend in ("triton", "grouped", "flex", "masked"):
         with torch.no_grad():
             out = sparse_attention(q, k, v, lay, backend=backend)
         assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1])), backend
@@ -205,3 +209,32 @@ def test_bad_inputs_raise_clear_errors():
     if torch.device("meta") != q.device:
         with pytest.raises(ValueError, match="devices differ"):
             sparse_attention(q, k.to("meta"), v, lay)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_executor_frames(dtype):
+    """Same-frame masks on frames of 100 tokens with 32-token blocks: query blocks inside a frame
+    share a column-masked key list, blocks straddling two frames split into two row sets; neither
+    needs an SDPA mask. A random head needs one. Per-batch and shared layouts both match."""
+    from headsparse.kernels.grouped import plan_groups
+
+    length, bs = 330, 32
+    frame = torch.arange(length) // 100
+    mask = (frame[:, None] == frame[None, :]).expand(2, 2, length, length).clone()
+    mask[1, 1] = torch.rand(length, length) < 0.2
+    q, k, v = qkv(2, 2, length, length, 32, dtype)
+    shared = Layout.from_dense_mask(mask[:1], block_m=bs, block_n=bs)
+    plan = plan_groups(shared)
+    assert all(b.mask_ids is None for b in plan)
+    assert any(b.n_q % bs for b in plan)  # straddling blocks were split by rows
+    per_batch = Layout.from_dense_mask(mask, block_m=bs, block_n=bs)
+    assert any(b.mask_ids is not None for b in plan_groups(per_batch))  # the random head
+    for lay in (per_batch, shared):
+        with torch.no_grad():
+            assert_matches_reference(q, k, v, lay, "grouped", ATOL[dtype])
+
+
+def test_grouped_rejects_log_sum_exp():
+    lay = make_layout(1, 2, 64, 64, 0.5, 32, 32)
+    with pytest.raises(ValueError, match="grouped executor cannot return the log-sum-exp"):
+        sparse_attention(*qkv(1, 2, 64, 64, 32, torch.float32), lay, backend="grouped", return_lse=True)

@@ -76,6 +76,18 @@ def layout_block_mask(layout: Layout, batch: int, device: torch.device) -> Block
     return block_mask
 
 
+def cpu_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype compiled FlexAttention computes in on this CPU for inputs of ``dtype``.
+
+    Without AMX tiles, FlexAttention's reduced-precision CPU path is slower than its float32 path:
+    at L=26520, 10% of blocks, bf16 ran at 0.23 of dense bf16 SDPA and float32 compute at 0.15
+    (benchmarks/results/attention_cpu.md). There the executor upcasts, which is also more exact.
+    """
+    if dtype in (torch.bfloat16, torch.float16) and not torch.cpu._is_amx_tile_supported():
+        return torch.float32
+    return dtype
+
+
 def _pad_len(x: Tensor, length: int) -> Tensor:
     if x.shape[2] == length:
         return x
@@ -91,14 +103,15 @@ def flex_block_sparse_attention(
         raise RuntimeError("this torch has no FlexAttention (torch >= 2.5 is required)")
     if return_lse and compiled and q.device.type == "cpu":
         raise ValueError("compiled FlexAttention on CPU cannot return the log-sum-exp; use backend='masked'")
-    lq = q.shape[2]
+    lq, out_dtype = q.shape[2], q.dtype
+    compute = cpu_compute_dtype(q.dtype) if q.device.type == "cpu" else q.dtype
     block_mask = layout_block_mask(layout, q.shape[0], q.device)
-    qp = _pad_len(q, layout.num_q_blocks * layout.block_m)
-    kp = _pad_len(k, layout.num_kv_blocks * layout.block_n)
-    vp = _pad_len(v, layout.num_kv_blocks * layout.block_n)
+    qp = _pad_len(q.to(compute), layout.num_q_blocks * layout.block_m)
+    kp = _pad_len(k.to(compute), layout.num_kv_blocks * layout.block_n)
+    vp = _pad_len(v.to(compute), layout.num_kv_blocks * layout.block_n)
     fn = _compiled_flex() if compiled else flex_attention
     result = fn(qp, kp, vp, block_mask=block_mask, scale=scale, return_lse=return_lse)
     if return_lse:
         out, lse = result
-        return out[:, :, :lq], lse[:, :, :lq].float()
-    return result[:, :, :lq]
+        return out[:, :, :lq].to(out_dtype), lse[:, :, :lq].float()
+    return result[:, :, :lq].to(out_dtype)

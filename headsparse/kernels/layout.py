@@ -171,7 +171,7 @@ class Layout:
             pm = self.part_mask[part_sel]
             _check(bool(((pm >= 0) & (pm < self.mask_bits.shape[0])).all()),
                    f"part_mask holds a mask id outside [0, {self.mask_bits.shape[0]})")
-        visits = self.block_kinds_unchecked(full_sel, part_sel)
+        visits = self._visit_counts(full_sel, part_sel)
         _check(int(visits.max().item()) <= 1 if visits.numel() else True,
                "a key block is listed twice in one query row (as full and partial, or repeated)")
         if self.kv_len % self.block_n and full_sel.any():
@@ -191,7 +191,7 @@ class Layout:
     def _row_selection(num: Tensor, idx: Tensor) -> Tensor:
         return torch.arange(idx.shape[-1], device=idx.device) < num.unsqueeze(-1)
 
-    def block_kinds_unchecked(self, full_sel: Tensor, part_sel: Tensor) -> Tensor:
+    def _visit_counts(self, full_sel: Tensor, part_sel: Tensor) -> Tensor:
         counts = torch.zeros(*self.full_num.shape, self.num_kv_blocks, dtype=torch.int32, device=self.device)
         counts.scatter_add_(-1, self.full_idx.long().clamp(0, self.num_kv_blocks - 1), full_sel.int())
         counts.scatter_add_(-1, self.part_idx.long().clamp(0, self.num_kv_blocks - 1), part_sel.int())

@@ -1,10 +1,10 @@
 """``sparse_attention``: the one entry point that runs a Layout on whatever device q lives on.
 
-CUDA tensors go to the Triton kernel. CPU tensors go to compiled FlexAttention, except when the
-layout visits so many blocks that dense SDPA is faster (``CPU_DENSE_CROSSOVER``, measured by
-``benchmarks/attention.py``), when every block is full (plain SDPA, no mask), or when compile is
-unavailable (the eager masked executor). The layout's token permutation is applied before and
-undone after, so callers always see the original token order.
+CUDA tensors go to the Triton kernel. On CPU: a layout that keeps every pair runs plain SDPA; one
+whose query blocks share keys in large groups runs the grouped executor (batched SDPA per group);
+others run compiled FlexAttention. The eager masked executor serves gradients, the log-sum-exp
+and a failed compile. The threshold is measured by ``benchmarks/attention.py``. The layout's
+token permutation is applied before and undone after, so callers see the original token order.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from headsparse.kernels.flex import flex_block_sparse_attention
+from headsparse.kernels.grouped import grouped_block_sparse_attention, mean_group_rows
 from headsparse.kernels.layout import Layout
 from headsparse.kernels.masked import masked_block_attention
 from headsparse.kernels.permute import permute_tokens, triton_available
@@ -24,11 +25,12 @@ from headsparse.kernels.triton_attention import triton_block_sparse_attention
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "triton", "flex", "masked"]
+Backend = Literal["auto", "triton", "grouped", "flex", "masked"]
 
-# Block density above which the eager masked executor (dense SDPA with a mask) beats compiled
-# FlexAttention on CPU. See benchmarks/results/attention_cpu.md.
-CPU_DENSE_CROSSOVER = 0.5
+# Work-weighted mean query rows per SDPA problem above which the grouped executor beats
+# FlexAttention on CPU (frame-sized groups: 0.07 vs 0.13 of dense; single 128-row blocks: 0.21 vs
+# 0.15). See benchmarks/results/attention_cpu.md.
+CPU_GROUPED_MIN_ROWS = 512
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _flex_compile_failed = False
@@ -74,9 +76,13 @@ def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> st
         return "sdpa"
     # Compiled FlexAttention on CPU is inference-only and cannot return the log-sum-exp.
     needs_eager = return_lse or (torch.is_grad_enabled() and q.requires_grad)
-    if needs_eager or _flex_compile_failed or float(layout.block_density().mean()) >= CPU_DENSE_CROSSOVER:
+    if needs_eager:
         return "masked"
-    return "flex"
+    if mean_group_rows(layout) >= CPU_GROUPED_MIN_ROWS:
+        return "grouped"
+    # Masked dense SDPA never beat FlexAttention on this CPU (at 75% of blocks: 1.60 vs 1.19 of
+    # dense), so it only serves where compile fails.
+    return "masked" if _flex_compile_failed else "flex"
 
 
 def sparse_attention(
@@ -111,10 +117,16 @@ def sparse_attention(
             logger.warning("compiled FlexAttention failed (%s); using the eager masked executor", exc)
             _flex_compile_failed = True
             result = masked_block_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
+    elif chosen == "grouped":
+        if return_lse:
+            raise ValueError("the grouped executor cannot return the log-sum-exp; use backend='masked'")
+        result = grouped_block_sparse_attention(q, k, v, layout, scale=scale)
     elif chosen == "masked":
         result = masked_block_attention(q, k, v, layout, scale=scale, return_lse=return_lse)
     else:
-        raise ValueError(f"backend must be one of 'auto', 'triton', 'flex', 'masked'; got {backend!r}")
+        raise ValueError(
+            f"backend must be one of 'auto', 'triton', 'grouped', 'flex', 'masked'; got {backend!r}"
+        )
     if layout.perm is None:
         return result
     inv = layout.inverse_perm()

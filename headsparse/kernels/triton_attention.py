@@ -36,12 +36,16 @@ if triton is not None:
         stride_kl, stride_kd, stride_vl, stride_vd,
         bits_ptr, qk_scale,
         BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr, WORDS: tl.constexpr, BLOCK_M: tl.constexpr,
+        IEEE: tl.constexpr,
     ):
         offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < kv_len
         k = tl.load(K + offs_n[None, :] * stride_kl + offs_d[:, None] * stride_kd,
                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        qk = tl.dot(q, k) * qk_scale
+        if IEEE:  # float32 inputs: exact products, not TF32
+            qk = tl.dot(q, k, input_precision="ieee") * qk_scale
+        else:
+            qk = tl.dot(q, k) * qk_scale
         if PARTIAL:
             cols = tl.arange(0, BLOCK_N)
             rows = tl.arange(0, BLOCK_M)
@@ -55,7 +59,10 @@ if triton is not None:
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         return acc, m_new, l_i
 
     @triton.jit
@@ -72,7 +79,7 @@ if triton is not None:
         stride_pb, stride_ph, stride_pm,
         H, q_len, kv_len, head_dim,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        RETURN_LSE: tl.constexpr,
+        RETURN_LSE: tl.constexpr, IEEE: tl.constexpr,
     ):
         WORDS: tl.constexpr = BLOCK_N // 32
         pid_m = tl.program_id(0)
@@ -99,7 +106,7 @@ if triton is not None:
             acc, m_i, l_i = _attend_block(
                 q, acc, m_i, l_i, Kbh, Vbh, kb, offs_d, d_ok, kv_len,
                 stride_kl, stride_kd, stride_vl, stride_vd, MaskBits, qk_scale,
-                BLOCK_N, False, WORDS, BLOCK_M,
+                BLOCK_N, False, WORDS, BLOCK_M, IEEE,
             )
         n_part = tl.load(PartNum + n_off)
         part_off = b * stride_pb + h * stride_ph + pid_m * stride_pm
@@ -110,7 +117,7 @@ if triton is not None:
                 q, acc, m_i, l_i, Kbh, Vbh, kb, offs_d, d_ok, kv_len,
                 stride_kl, stride_kd, stride_vl, stride_vd,
                 MaskBits + mid.to(tl.int64) * (BLOCK_M * WORDS), qk_scale,
-                BLOCK_N, True, WORDS, BLOCK_M,
+                BLOCK_N, True, WORDS, BLOCK_M, IEEE,
             )
         has_keys = l_i > 0.0
         l_safe = tl.where(has_keys, l_i, 1.0)
@@ -168,7 +175,7 @@ def triton_block_sparse_attention(
         bstride(lay.part_idx), lay.part_idx.stride(1), lay.part_idx.stride(2),
         h, lq, lk, d,
         BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, BLOCK_D=block_d,
-        RETURN_LSE=return_lse, num_warps=num_warps, num_stages=num_stages,
+        RETURN_LSE=return_lse, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     out = out.to(out_dtype)
     return (out, lse) if return_lse else out
