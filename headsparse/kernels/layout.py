@@ -330,6 +330,59 @@ class Layout:
         kinds = torch.full((1, num_heads, mq, nk), BLOCK_FULL, dtype=torch.int8, device=device)
         return cls.from_block_kinds(kinds, None, q_len=q_len, kv_len=kv_len, block_m=block_m, block_n=block_n)
 
+    @classmethod
+    def concat_heads(cls, layouts: list[Layout]) -> Layout:
+        """One Layout whose heads are those of ``layouts`` in order (one fused launch for a layer).
+
+        All must share lengths, block sizes and batch; heads without a permutation get the
+        identity when any other head has one.
+        """
+        if not layouts:
+            raise ValueError("concat_heads needs at least one layout")
+        first = layouts[0]
+        for i, lay in enumerate(layouts):
+            key = (lay.q_len, lay.kv_len, lay.block_m, lay.block_n, lay.batch)
+            ref = (first.q_len, first.kv_len, first.block_m, first.block_n, first.batch)
+            _check(key == ref, f"layouts[{i}] has (q_len, kv_len, block_m, block_n, batch)={key}, layouts[0] {ref}")
+        device = first.device
+        offsets = torch.tensor([0] + [lay.mask_bits.shape[0] for lay in layouts[:-1]]).cumsum(0).tolist()
+
+        def widen(t: Tensor, width: int) -> Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[-1]))
+
+        fw = max(lay.full_idx.shape[-1] for lay in layouts)
+        pw = max(lay.part_idx.shape[-1] for lay in layouts)
+        perm = None
+        if any(lay.perm is not None for lay in layouts):
+            ident = torch.arange(first.q_len, device=device)
+            perm = torch.cat([
+                lay.perm if lay.perm is not None else ident.expand(lay.num_heads, -1) for lay in layouts
+            ])
+        return cls(
+            q_len=first.q_len, kv_len=first.kv_len, block_m=first.block_m, block_n=first.block_n,
+            full_num=torch.cat([lay.full_num for lay in layouts], 1),
+            full_idx=torch.cat([widen(lay.full_idx, fw) for lay in layouts], 1),
+            part_num=torch.cat([lay.part_num for lay in layouts], 1),
+            part_idx=torch.cat([widen(lay.part_idx, pw) for lay in layouts], 1),
+            part_mask=torch.cat([widen(lay.part_mask + off, pw) for lay, off in zip(layouts, offsets, strict=True)], 1),
+            mask_bits=torch.cat([lay.mask_bits for lay in layouts]),
+            perm=perm,
+        )
+
+    def repeat_heads(self, num_heads: int) -> Layout:
+        """This layout (of one head) for ``num_heads`` heads, sharing its mask table."""
+        _check(self.num_heads == 1, f"repeat_heads needs a one-head layout, got {self.num_heads} heads")
+        return Layout(
+            q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m, block_n=self.block_n,
+            full_num=self.full_num.expand(-1, num_heads, -1).contiguous(),
+            full_idx=self.full_idx.expand(-1, num_heads, -1, -1).contiguous(),
+            part_num=self.part_num.expand(-1, num_heads, -1).contiguous(),
+            part_idx=self.part_idx.expand(-1, num_heads, -1, -1).contiguous(),
+            part_mask=self.part_mask.expand(-1, num_heads, -1, -1).contiguous(),
+            mask_bits=self.mask_bits,
+            perm=None if self.perm is None else self.perm.expand(num_heads, -1).contiguous(),
+        )
+
     # ------------------------------------------------------------------ views and statistics
     def block_kinds(self) -> Tensor:
         """int8 [LB, H, MQ, NK] map of BLOCK_SKIP / BLOCK_PARTIAL / BLOCK_FULL (permuted positions)."""

@@ -1,0 +1,56 @@
+"""temporal (Sparse VideoGen): keys at the query's spatial location (or a small window around it)
+in every frame (or a window of frames). Runs in token-major order (all frames of one location
+adjacent), where its blocks are full."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from headsparse.kernels.permute import frame_major_to_token_major
+from headsparse.patterns.base import BlockStats, Pattern, interval_gap, interval_span
+from headsparse.patterns.geometry import Geometry
+from headsparse.patterns.registry import register
+
+
+@register
+@dataclass(frozen=True)
+class Temporal(Pattern):
+    spatial_window: int = 1
+    frame_window: int | None = None
+
+    name = "temporal"
+    grid = ({}, {"spatial_window": 3}, {"frame_window": 8})
+
+    def check(self) -> None:
+        super().check()
+        w = self.spatial_window
+        if not isinstance(w, int) or w < 1 or w % 2 == 0:
+            raise ValueError(f"temporal.spatial_window must be an odd integer >= 1, got {w!r}")
+        f = self.frame_window
+        if f is not None and (not isinstance(f, int) or f < 0):
+            raise ValueError(f"temporal.frame_window must be None or an integer >= 0, got {f!r}")
+
+    def permutation(self, geometry: Geometry) -> Tensor:
+        prefix = geometry.text_len if geometry.text_position == "prefix" else 0
+        suffix = geometry.text_len if geometry.text_position == "suffix" else 0
+        return frame_major_to_token_major(geometry.frames, geometry.height, geometry.width, prefix=prefix,
+                                          suffix=suffix)
+
+    def _frames(self, g: Geometry) -> int:
+        return g.frames if self.frame_window is None else self.frame_window
+
+    def video_mask(self, g, tq, yq, xq, tk, yk, xk) -> Tensor:
+        r = self.spatial_window // 2
+        return ((yq - yk).abs() <= r) & ((xq - xk).abs() <= r) & ((tq - tk).abs() <= self._frames(g))
+
+    def video_block_bounds(self, g: Geometry, q: BlockStats, k: BlockStats) -> tuple[Tensor, Tensor]:
+        r, f = self.spatial_window // 2, self._frames(g)
+        maybe = ((interval_gap(q.y_lo, q.y_hi, k.y_lo, k.y_hi) <= r)
+                 & (interval_gap(q.x_lo, q.x_hi, k.x_lo, k.x_hi) <= r)
+                 & (interval_gap(q.t_lo, q.t_hi, k.t_lo, k.t_hi) <= f))
+        surely = ((interval_span(q.y_lo, q.y_hi, k.y_lo, k.y_hi) <= r)
+                  & (interval_span(q.x_lo, q.x_hi, k.x_lo, k.x_hi) <= r)
+                  & (interval_span(q.t_lo, q.t_hi, k.t_lo, k.t_hi) <= f))
+        return maybe, surely
