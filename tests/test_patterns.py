@@ -6,7 +6,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headsparse.kernels import Layout, layout_reference, sparse_attention
-from headsparse.patterns import PATTERNS, Dense, Geometry, Skip, Spatial, Temporal, candidates, get_pattern
+from headsparse.patterns import (
+    PATTERNS,
+    Dense,
+    Diagonal,
+    Geometry,
+    MultiDiagonal,
+    Skip,
+    Spatial,
+    Temporal,
+    Textural,
+    VerticalStripe,
+    candidates,
+    get_pattern,
+)
 
 GEOMETRIES = [
     Geometry(3, 4, 5),
@@ -18,6 +31,10 @@ GEOMETRIES = [
 PATTERN_CASES = [
     Dense(), Skip(), Spatial(), Spatial(frame_band=1, first_frame_sink=False), Spatial(text_dense=False),
     Temporal(), Temporal(spatial_window=3, frame_window=1), Temporal(text_dense=False),
+    Diagonal(half_width=7), Diagonal(half_width=0, text_dense=False),
+    MultiDiagonal(half_width=3), MultiDiagonal(half_width=2, frame_offsets=(-1, 0, 2)),
+    VerticalStripe(), VerticalStripe(sink_frames=0, stride=5, phase=2), VerticalStripe(sink_frames=2, stride=3),
+    Textural(stride=3, granule=4, half_width=5), Textural(stride=2, granule=7, half_width=0, text_dense=False),
 ]
 
 
@@ -71,6 +88,19 @@ def test_temporal_semantics_and_permutation_localises_blocks():
     assert torch.equal(kinds > 0, torch.eye(4, dtype=torch.bool))
 
 
+def test_sparse_vdit_and_textural_semantics():
+    g = Geometry(3, 2, 3)  # 6 tokens per frame, 18 video tokens
+    i = torch.arange(18)
+    d = i[:, None] - i[None, :]
+    assert torch.equal(Diagonal(half_width=2).dense_mask(g), d.abs() <= 2)
+    multi = MultiDiagonal(half_width=1, frame_offsets=(0, 1)).dense_mask(g)
+    assert torch.equal(multi, (d.abs() <= 1) | ((d - 6).abs() <= 1))
+    stripes = VerticalStripe(sink_frames=1, stride=4, phase=1).dense_mask(g)
+    assert torch.equal(stripes, ((i < 6) | (i % 4 == 1))[None, :].expand(18, 18))
+    tex = Textural(stride=3, granule=2, half_width=1).dense_mask(g)
+    assert torch.equal(tex, ((i // 2) % 3 == 0)[None, :] | (d.abs() <= 1))
+
+
 def test_text_not_dense():
     g = Geometry(2, 2, 2, text_len=3, text_position="suffix")
     m = Spatial(text_dense=False).dense_mask(g)
@@ -95,7 +125,8 @@ def test_dense_pattern_runs_plain_sdpa():
 
 
 def test_registry():
-    assert {"dense", "skip", "spatial", "temporal"} <= set(PATTERNS)
+    assert {"dense", "skip", "spatial", "temporal", "diagonal", "multi_diagonal", "vertical_stripe",
+            "textural"} <= set(PATTERNS)
     assert get_pattern("spatial", frame_band=2) == Spatial(frame_band=2)
     with pytest.raises(ValueError, match="unknown pattern 'nope'; known:"):
         get_pattern("nope")
@@ -112,6 +143,11 @@ def test_registry():
         (lambda: Temporal(spatial_window=2), "temporal.spatial_window must be an odd integer"),
         (lambda: Temporal(frame_window=-3), "temporal.frame_window must be None or an integer"),
         (lambda: Dense(text_dense="yes"), "Dense.text_dense must be a bool"),
+        (lambda: Diagonal(half_width=-1), "diagonal.half_width must be an integer >= 0"),
+        (lambda: MultiDiagonal(frame_offsets=()), "multi_diagonal.frame_offsets must be None or a non-empty"),
+        (lambda: VerticalStripe(sink_frames=0), "vertical_stripe keeps nothing"),
+        (lambda: VerticalStripe(stride=4, phase=4), r"vertical_stripe.phase must be in \[0, stride\)"),
+        (lambda: Textural(granule=0), "textural.granule must be an integer >= 1"),
         (lambda: Geometry(0, 2, 2), "Geometry.frames must be an integer >= 1"),
         (lambda: Geometry(2, 2, 2, text_len=3), "does not fit text_position='none'"),
         (lambda: Geometry(2, 2, 2, text_position="middle"), "text_position must be"),
@@ -152,7 +188,11 @@ def test_concat_heads_mixes_patterns():
 def test_property_layouts_match_reference(frames, height, width, text, band, sink, window, fwin, text_dense):
     g = Geometry(frames, height, width, text_len=text[0], text_position=text[1])
     for pattern in (Spatial(frame_band=band, first_frame_sink=sink, text_dense=text_dense),
-                    Temporal(spatial_window=window, frame_window=fwin, text_dense=text_dense)):
+                    Temporal(spatial_window=window, frame_window=fwin, text_dense=text_dense),
+                    Diagonal(half_width=band * 5, text_dense=text_dense),
+                    MultiDiagonal(half_width=band, text_dense=text_dense),
+                    VerticalStripe(sink_frames=int(sink), stride=window + 1, text_dense=text_dense),
+                    Textural(stride=window + 1, granule=band + 1, half_width=band * 3, text_dense=text_dense)):
         lay = pattern.layout(g, block_m=16, block_n=32)
         assert torch.equal(lay.to_dense_mask()[0, 0], pattern.dense_mask(g))
 

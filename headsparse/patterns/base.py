@@ -27,10 +27,15 @@ from headsparse.patterns.geometry import Geometry
 class BlockStats:
     """Coordinate ranges of the tokens in each block of an (optionally permuted) sequence.
 
-    ``t_lo/t_hi`` etc. cover the block's video tokens (``has_video`` False: meaningless);
-    ``has_text``/``all_text`` flag text tokens. Padding past the sequence end counts as nothing.
+    ``t_lo/t_hi`` etc. cover the block's video tokens (``has_video`` False: meaningless), ``v_lo/v_hi``
+    their video-relative index (t * H * W + y * W + x); ``has_text``/``all_text`` flag text tokens;
+    ``tokens`` [n, block] lists each block's tokens (-1 for padding past the sequence end, which
+    counts as nothing), for patterns whose rule for a key depends on the key alone.
     """
 
+    tokens: Tensor
+    v_lo: Tensor
+    v_hi: Tensor
     t_lo: Tensor
     t_hi: Tensor
     y_lo: Tensor
@@ -58,8 +63,17 @@ class BlockStats:
             return torch.where(video, c, -1).max(1).values
 
         text = valid & is_text
-        return BlockStats(lo(t), hi(t), lo(y), hi(y), lo(x), hi(x), video.any(1), text.any(1),
+        v = idx - geometry.video_start
+        return BlockStats(idx, lo(v), hi(v), lo(t), hi(t), lo(y), hi(y), lo(x), hi(x), video.any(1), text.any(1),
                           text.sum(1) == valid.sum(1))
+
+    def key_rule(self, geometry: Geometry, rule) -> tuple[Tensor, Tensor]:
+        """(any, all) [n] of ``rule(t, y, x, v)`` over each block's video tokens."""
+        valid = self.tokens >= 0
+        t, y, x, is_text = geometry.coords(self.tokens.clamp_min(0))
+        video = valid & ~is_text
+        kept = rule(t, y, x, self.tokens - geometry.video_start) & video
+        return kept.any(1), (kept | ~video).all(1) & video.any(1)
 
 
 def interval_gap(a_lo: Tensor, a_hi: Tensor, b_lo: Tensor, b_hi: Tensor) -> Tensor:
