@@ -39,6 +39,7 @@ from attention import DTYPES, _cpu_model, best_time
 
 PATTERNS = [
     Spatial(), Spatial(frame_band=1), Temporal(), Temporal(spatial_window=3, frame_window=8),
+    Temporal(location_band=64),
     Neighborhood(kernel_size=(3, 9, 9)), Neighborhood(kernel_size=(4, 16, 16), stride=(4, 16, 16)),
     SlidingTile(tile=(4, 8, 8), window=(1, 3, 3)), Diagonal(half_width=512),
     MultiDiagonal(half_width=128, frame_offsets=(-2, -1, 0, 1, 2)), VerticalStripe(sink_frames=1),

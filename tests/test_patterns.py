@@ -31,6 +31,7 @@ GEOMETRIES = [
 PATTERN_CASES = [
     Dense(), Skip(), Spatial(), Spatial(frame_band=1, first_frame_sink=False), Spatial(text_dense=False),
     Temporal(), Temporal(spatial_window=3, frame_window=1), Temporal(text_dense=False),
+    Temporal(location_band=2), Temporal(location_band=5, frame_window=1, text_dense=False),
     Diagonal(half_width=7), Diagonal(half_width=0, text_dense=False),
     MultiDiagonal(half_width=3), MultiDiagonal(half_width=2, frame_offsets=(-1, 0, 2)),
     VerticalStripe(), VerticalStripe(sink_frames=0, stride=5, phase=2), VerticalStripe(sink_frames=2, stride=3),
@@ -101,6 +102,20 @@ def test_sparse_vdit_and_textural_semantics():
     assert torch.equal(tex, ((i // 2) % 3 == 0)[None, :] | (d.abs() <= 1))
 
 
+def test_temporal_location_band_is_block_aligned():
+    g = Geometry(8, 8, 8)  # token-major: 8 frames x 4 locations per 32-token block
+    m = Temporal(location_band=1).dense_mask(g)
+    _, y, x, _ = g.coords(torch.arange(g.seq_len))
+    s = y * 8 + x
+    assert torch.equal(m, (s[:, None] - s[None, :]).abs() <= 1)
+    lay = Temporal(location_band=8).layout(g, block_m=32, block_n=32)
+    # a band in token-major order: full blocks on and beside the diagonal, partial only at its edges
+    i = torch.arange(16)
+    dist = (i[:, None] - i[None, :]).abs()
+    expected = torch.where(dist <= 1, 2, torch.where(dist == 2, 1, 0)).to(torch.int8)
+    assert torch.equal(lay.block_kinds()[0, 0], expected)
+
+
 def test_text_not_dense():
     g = Geometry(2, 2, 2, text_len=3, text_position="suffix")
     m = Spatial(text_dense=False).dense_mask(g)
@@ -142,6 +157,8 @@ def test_registry():
         (lambda: Spatial(frame_band=-1), "spatial.frame_band must be an integer >= 0"),
         (lambda: Temporal(spatial_window=2), "temporal.spatial_window must be an odd integer"),
         (lambda: Temporal(frame_window=-3), "temporal.frame_window must be None or an integer"),
+        (lambda: Temporal(location_band=-1), "temporal.location_band must be None or an integer"),
+        (lambda: Temporal(location_band=2, spatial_window=3), "location_band replaces spatial_window"),
         (lambda: Dense(text_dense="yes"), "Dense.text_dense must be a bool"),
         (lambda: Diagonal(half_width=-1), "diagonal.half_width must be an integer >= 0"),
         (lambda: MultiDiagonal(frame_offsets=()), "multi_diagonal.frame_offsets must be None or a non-empty"),
@@ -189,6 +206,7 @@ def test_property_layouts_match_reference(frames, height, width, text, band, sin
     g = Geometry(frames, height, width, text_len=text[0], text_position=text[1])
     for pattern in (Spatial(frame_band=band, first_frame_sink=sink, text_dense=text_dense),
                     Temporal(spatial_window=window, frame_window=fwin, text_dense=text_dense),
+                    Temporal(location_band=band * 2, frame_window=fwin, text_dense=text_dense),
                     Diagonal(half_width=band * 5, text_dense=text_dense),
                     MultiDiagonal(half_width=band, text_dense=text_dense),
                     VerticalStripe(sink_frames=int(sink), stride=window + 1, text_dense=text_dense),
