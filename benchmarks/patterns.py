@@ -32,7 +32,7 @@ from headsparse.patterns import (
     Textural,
     VerticalStripe,
 )
-from headsparse.patterns.base import _single_head_layout
+from headsparse.patterns.base import clear_layout_cache
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES, _cpu_model, best_time
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         dense = best_time(partial(F.scaled_dot_product_attention, q, k, v), 1)
         print(f"{g} L={g.seq_len} {args.dtype}: dense SDPA {dense:.2f} s", flush=True)
         for pattern in PATTERNS:
-            _single_head_layout.cache_clear()
+            clear_layout_cache()
             start = time.perf_counter()
             layout = pattern.layout(g, num_heads=args.heads)
             build = time.perf_counter() - start

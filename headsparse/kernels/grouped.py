@@ -7,8 +7,8 @@ the group's keys are exactly a list of tokens: they are gathered once, without p
 and the group runs as one unmasked SDPA problem with the large-tile efficiency of dense attention.
 A group whose rows differ in only a few ways (a query block straddling two frames) is split into
 row sets, each an unmasked problem over exactly its keys. Other groups gather their key blocks
-whole and pass SDPA an element mask. Groups of equal shape
-are batched into one call, in chunks that bound memory.
+whole and pass SDPA an element mask. Groups of equal shape are batched into one call, in chunks
+that bound memory.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from headsparse.kernels.layout import BLOCK_FULL, BLOCK_PARTIAL, Layout, unpack_bits
+from headsparse.kernels.layout import BLOCK_PARTIAL, Layout, unpack_bits
 
 # Upper bound on the elements of one gathered K (or V) buffer, and of one mask, per SDPA call.
 _CHUNK_ELEMENTS = 32 * 1024 * 1024
-
 
 # A group whose element masks differ between rows is split into row sets with identical masks
 # when there are at most this many distinct rows (e.g. a query block straddling two frames);
@@ -42,7 +41,7 @@ class _Bucket:
     kv_tokens: Tensor  # int64 [G * n_keys]
     n_q: int
     n_keys: int
-    mask_ids: Tensor | None  # int32 [G, n_q // bm, n_keys // bn]: -2 full, >= 0 mask row; None: no mask
+    mask_ids: Tensor | None  # int32 [G, n_q // bm, n_keys // bn]: < 0 full, else mask row; None: no mask
 
 
 def _column_masks(layout: Layout) -> tuple[Tensor, Tensor]:
@@ -103,10 +102,7 @@ def plan_groups(layout: Layout) -> list[_Bucket]:
             keep[is_partial] = columns[first[is_partial]]
             add(q_tokens, kv_tokens[keep.reshape(-1)], None)
             continue
-        tiles = torch.ones(q_blocks.numel(), visited.numel(), bm, bn, dtype=torch.bool)
-        part = member_ids >= 0
-        tiles[part] = unpack_bits(bits[member_ids[part].long()])
-        element = tiles.permute(0, 2, 1, 3).reshape(q_blocks.numel() * bm, visited.numel() * bn)
+        element = _element_mask(bits, member_ids[None])[0]
         patterns, row_pattern = torch.unique(element, dim=0, return_inverse=True)
         if patterns.shape[0] <= _MAX_ROW_PATTERNS:
             # Rows sharing one mask (e.g. the two frames of a straddling block) become separate
@@ -115,7 +111,7 @@ def plan_groups(layout: Layout) -> list[_Bucket]:
                 if patterns[p].any():
                     add(q_tokens[row_pattern == p], kv_tokens[patterns[p]], None)
             continue
-        add(q_tokens, kv_tokens, torch.where(row_kinds[visited] == BLOCK_FULL, -2, member_ids).to(torch.int32))
+        add(q_tokens, kv_tokens, member_ids)  # full blocks have id -1
     plan = [
         _Bucket(torch.cat(qs), torch.cat(ks), n_q, n_keys, torch.stack(ms) if general else None)
         for (n_q, n_keys, general), (qs, ks, ms) in buckets.items()
@@ -134,14 +130,18 @@ def mean_group_rows(layout: Layout) -> float:
     return sum(w * b.n_q for w, b in zip(work, plan, strict=True)) / total
 
 
-def _group_mask(layout: Layout, mask_ids: Tensor) -> Tensor:
-    """bool [G, nq * bm, nk * bn] element mask of a chunk of general groups."""
+def _element_mask(bits: Tensor, mask_ids: Tensor) -> Tensor:
+    """bool [G, nq * bm, nk * bn] element mask of groups of visited blocks.
+
+    ``mask_ids`` [G, nq, nk] holds the ``mask_bits`` row of each partial block and a negative value
+    for full blocks.
+    """
     g, nq, nk = mask_ids.shape
-    bm, bn = layout.block_m, layout.block_n
+    bm, bn = bits.shape[1], bits.shape[2] * 32
     tiles = torch.ones(g, nq, nk, bm, bn, dtype=torch.bool, device=mask_ids.device)
     part = mask_ids >= 0
     if part.any():
-        tiles[part] = unpack_bits(layout.mask_bits[mask_ids[part].long()])
+        tiles[part] = unpack_bits(bits[mask_ids[part].long()])
     return tiles.permute(0, 1, 3, 2, 4).reshape(g, nq * bm, nk * bn)
 
 
@@ -180,7 +180,7 @@ def grouped_block_sparse_attention(
             if bucket.mask_ids is None:
                 og = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
             else:
-                mask = _group_mask(layout, bucket.mask_ids[g0:g1].to(q.device))
+                mask = _element_mask(layout.mask_bits.to(q.device), bucket.mask_ids[g0:g1].to(q.device))
                 og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale)
                 og = torch.where(mask.any(-1, keepdim=True), og, 0.0)
             out.index_copy_(1, q_rows, og.reshape(bx, -1, d))

@@ -161,8 +161,20 @@ class Pattern(ABC):
             raise TypeError(f"geometry must be a headsparse Geometry, got {type(geometry).__name__}")
         if num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {num_heads}")
-        single = _single_head_layout(self, geometry, block_m, block_n)
-        return single if num_heads == 1 else single.repeat_heads(num_heads)
+        return _layout(self, geometry, num_heads, block_m, block_n)
+
+
+def clear_layout_cache() -> None:
+    """Forget every cached pattern layout (for cold build-time measurements)."""
+    _layout.cache_clear()
+    _single_head_layout.cache_clear()
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(pattern: Pattern, geometry: Geometry, num_heads: int, block_m: int, block_n: int) -> Layout:
+    # Cached as a whole so the executors' per-layout caches (BlockMask, grouped plan) are reused.
+    single = _single_head_layout(pattern, geometry, block_m, block_n)
+    return single if num_heads == 1 else single.repeat_heads(num_heads)
 
 
 @functools.lru_cache(maxsize=256)

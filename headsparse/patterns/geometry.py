@@ -52,8 +52,18 @@ class Geometry:
         return self.video_len + self.text_len
 
     @property
-    def video_start(self) -> int:
+    def prefix_len(self) -> int:
+        """Text tokens before the video tokens."""
         return self.text_len if self.text_position == "prefix" else 0
+
+    @property
+    def suffix_len(self) -> int:
+        """Text tokens after the video tokens."""
+        return self.text_len if self.text_position == "suffix" else 0
+
+    @property
+    def video_start(self) -> int:
+        return self.prefix_len
 
     def coords(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(frame, row, col, is_text) of token indices; text tokens get coordinates -1."""

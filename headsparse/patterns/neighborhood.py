@@ -136,9 +136,7 @@ class AxisWindowPattern(Pattern):
 
     @staticmethod
     def _tile_major(g: Geometry, tile: tuple[int, int, int]) -> Tensor:
-        prefix = g.text_len if g.text_position == "prefix" else 0
-        suffix = g.text_len if g.text_position == "suffix" else 0
-        return tile_major(g.frames, g.height, g.width, tile, prefix=prefix, suffix=suffix)
+        return tile_major(g.frames, g.height, g.width, tile, prefix=g.prefix_len, suffix=g.suffix_len)
 
 
 def triple(value: Any, kind: type) -> Any:

@@ -45,10 +45,8 @@ class Temporal(Pattern):
                 raise ValueError("temporal.location_band replaces spatial_window: leave spatial_window=1")
 
     def permutation(self, geometry: Geometry) -> Tensor:
-        prefix = geometry.text_len if geometry.text_position == "prefix" else 0
-        suffix = geometry.text_len if geometry.text_position == "suffix" else 0
-        return frame_major_to_token_major(geometry.frames, geometry.height, geometry.width, prefix=prefix,
-                                          suffix=suffix)
+        return frame_major_to_token_major(geometry.frames, geometry.height, geometry.width,
+                                          prefix=geometry.prefix_len, suffix=geometry.suffix_len)
 
     def _frames(self, g: Geometry) -> int:
         return g.frames if self.frame_window is None else self.frame_window
