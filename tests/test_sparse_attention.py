@@ -101,6 +101,17 @@ def test_cpu_executors_match_reference(h, lq, lk, d, bm, bn, density, perm, back
         assert_matches_reference(q, k, v, lay, backend, 1e-5)
 
 
+def test_eager_flex_block_mask_is_exact():
+    """The BlockMask's mask_mod is right on full blocks too (eager FlexAttention evaluates it there)."""
+    from headsparse.kernels.flex import flex_block_sparse_attention
+
+    lay = make_layout(1, 2, 128, 192, 0.5, 32, 64, perm=False)
+    q, k, v = qkv(2, 2, 128, 192, 32, torch.float32)
+    with torch.no_grad():
+        out = flex_block_sparse_attention(q, k, v, lay, compiled=False)
+    torch.testing.assert_close(out, layout_reference(q, k, v, lay), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_flex_low_precision(dtype):
     lay = make_layout(1, 2, 256, 256, 0.3, 64, 64)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from headsparse.kernels.layout import Layout
+from headsparse.kernels.layout import BLOCK_FULL, Layout
 
 try:
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -28,6 +28,10 @@ except ImportError:  # pragma: no cover - torch < 2.5 is not supported
 def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
+
+FLEX_RECOMPILE_LIMIT = 256
+# torch < 2.7 calls it cache_size_limit.
+_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 # Mask tables are padded to at least this many rows (then powers of two): the table's shape is
 # part of the compiled graph's guards, so a varying row count would recompile.
@@ -50,8 +54,12 @@ def layout_block_mask(layout: Layout, batch: int, device: torch.device) -> Block
         return layout._cache[key]
     lay = layout.to(device)
     bm, bn = lay.block_m, lay.block_n
-    ids = lay.mask_ids()
-    table = _padded_table(lay.mask_bits)
+    # mask_mod must be right on every block, not only the partial ones compiled FlexAttention calls
+    # it on: eager FlexAttention (which torch.compile falls back to past its recompile limit)
+    # evaluates it everywhere. Full blocks point at an all-ones row appended to the mask table.
+    ones = torch.full((1, *lay.mask_bits.shape[1:]), -1, dtype=lay.mask_bits.dtype, device=device)
+    ids = torch.where(lay.block_kinds() == BLOCK_FULL, lay.mask_bits.shape[0], lay.mask_ids()).to(torch.int32)
+    table = _padded_table(torch.cat([lay.mask_bits, ones]))
     per_batch = lay.batch > 1
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -109,8 +117,14 @@ def flex_block_sparse_attention(
     qp = _pad_len(q.to(compute), layout.num_q_blocks * layout.block_m)
     kp = _pad_len(k.to(compute), layout.num_kv_blocks * layout.block_n)
     vp = _pad_len(v.to(compute), layout.num_kv_blocks * layout.block_n)
-    fn = _compiled_flex() if compiled else flex_attention
-    result = fn(qp, kp, vp, block_mask=block_mask, scale=scale, return_lse=return_lse)
+    if compiled:
+        # Every new length, batch or grad mode is a recompile of the one flex_attention frame; a
+        # long-lived process (many resolutions, CFG on and off) would pass torch's default limit
+        # of 8 and silently drop to eager FlexAttention, which is slow and memory-hungry.
+        with torch._dynamo.config.patch(**{_LIMIT_NAME: FLEX_RECOMPILE_LIMIT}):
+            result = _compiled_flex()(qp, kp, vp, block_mask=block_mask, scale=scale, return_lse=return_lse)
+    else:
+        result = flex_attention(qp, kp, vp, block_mask=block_mask, scale=scale, return_lse=return_lse)
     if return_lse:
         out, lse = result
         return out[:, :, :lq].to(out_dtype), lse[:, :, :lq].float()

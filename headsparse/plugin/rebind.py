@@ -1,0 +1,81 @@
+"""Run a processor's own code with its attention call replaced.
+
+diffusers processors do their real work (projections, norms, RoPE, text concatenation, output
+projection) around one attention call: ``dispatch_attention_fn(q, k, v, ...)`` on (B, S, H, D) or
+``F.scaled_dot_product_attention(q, k, v, ...)`` on (B, H, S, D), both looked up as globals of the
+processor's module. Instead of rewriting each processor (and drifting from diffusers), we build a
+subclass whose ``__call__`` is the *same bytecode* evaluated in a copy of the module's namespace
+where those two names point at our router. Everything else the processor does stays identical,
+``inspect.signature`` (which diffusers uses to filter kwargs) is unchanged, and nothing global is
+modified, so unpatched models in the same process are unaffected.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn.functional as F
+
+DISPATCH_NAME = "dispatch_attention_fn"
+ORIGINAL_ATTR = "_headsparse_original"
+
+
+def _functional_with(sdpa: Callable[..., Any]) -> types.ModuleType:
+    """A module object that is ``torch.nn.functional`` except for ``scaled_dot_product_attention``."""
+    shim = types.ModuleType(F.__name__)
+    shim.__dict__.update(F.__dict__)
+    shim.scaled_dot_product_attention = sdpa  # type: ignore[attr-defined]
+    return shim
+
+
+def attention_call_style(processor: Any) -> str | None:
+    """'dispatch' or 'sdpa': how the processor calls attention; None when it calls neither."""
+    code_names = type(processor).__call__.__code__.co_names
+    namespace = type(processor).__call__.__globals__
+    if DISPATCH_NAME in code_names and DISPATCH_NAME in namespace:
+        return "dispatch"
+    if "scaled_dot_product_attention" in code_names and namespace.get("F") is F:
+        return "sdpa"
+    return None
+
+
+def rebind_processor(
+    processor: Any, *, dispatch: Callable[..., Any] | None = None, sdpa: Callable[..., Any] | None = None
+) -> Any:
+    """A copy of ``processor`` whose ``__call__`` calls ``dispatch``/``sdpa`` for attention.
+
+    The copy is an instance of a subclass of the processor's class sharing its attributes, and
+    remembers the original (``_headsparse_original``) so it can be restored.
+    """
+    cls = type(processor)
+    call = cls.__call__
+    if not isinstance(call, types.FunctionType):
+        raise TypeError(f"{cls.__name__}.__call__ is not a plain Python function; cannot rebind it")
+    # Keep the rebound body free of graph breaks: torch.compile cannot resume a frame whose globals
+    # are not its module's (the router hands attention to a custom op for that reason).
+    namespace = dict(call.__globals__)
+    if dispatch is not None:
+        namespace[DISPATCH_NAME] = dispatch
+    if sdpa is not None:
+        namespace["F"] = _functional_with(sdpa)
+    rebound = types.FunctionType(call.__code__, namespace, call.__name__, call.__defaults__, call.__closure__)
+    rebound.__kwdefaults__ = call.__kwdefaults__
+    rebound.__qualname__ = call.__qualname__
+    rebound.__doc__ = call.__doc__
+    sub = type(f"Headsparse{cls.__name__}", (cls,), {"__call__": rebound, "__module__": __name__})
+    copy = cls.__new__(sub)
+    copy.__dict__.update(processor.__dict__)
+    setattr(copy, ORIGINAL_ATTR, processor)
+    return copy
+
+
+def original_processor(processor: Any) -> Any:
+    """The processor a rebound copy was made from (or the processor itself)."""
+    return getattr(processor, ORIGINAL_ATTR, processor)
+
+
+
+def is_rebound(processor: Any) -> bool:
+    return hasattr(processor, ORIGINAL_ATTR)

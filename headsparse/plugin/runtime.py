@@ -1,0 +1,322 @@
+"""What runs while a patched transformer denoises: step tracking, geometry, the attention router.
+
+State lives on the transformer (``_headsparse_state``); a forward pre-hook records the token grid
+and the denoising step before each call; each patched self-attention module gets a router that
+replaces its attention call, builds (and caches) the layer's multi-head Layout for the current
+geometry, and runs it through :func:`headsparse.kernels.sparse_attention`. Both the hook and the
+router are excluded from ``torch.compile`` graphs (they keep Python state), so a compiled
+transformer traces everything else and breaks the graph only around attention.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headsparse.kernels import Layout, sparse_attention
+from headsparse.kernels.sparse_attention import Backend
+from headsparse.patterns import Dense, Geometry, Pattern
+from headsparse.plan import ModelPlan
+from headsparse.plugin.spec import Grid, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+STATE_ATTR = "_headsparse_state"
+
+
+class StepTracker:
+    """Denoising step index from the timesteps a pipeline feeds its transformer(s).
+
+    A new timestep value advances the step; the same value again (a CFG call made separately, or
+    a second transformer) keeps it; a value larger than the last one starts a new generation.
+    Shared by all transformers of one pipeline (Wan 2.2 hands over from one to the other).
+    """
+
+    def __init__(self, num_steps: Callable[[], int | None] | None = None) -> None:
+        self.step = 0
+        self.last: float | None = None
+        self._num_steps = num_steps
+
+    def observe(self, timestep: Any) -> int:
+        if timestep is None:
+            return self.step
+        value = float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
+        if self.last is None or value > self.last:
+            self.step = 0
+        elif value != self.last:
+            self.step += 1
+        self.last = value
+        return self.step
+
+    def num_steps(self) -> int | None:
+        return self._num_steps() if self._num_steps is not None else None
+
+    def reset(self) -> None:
+        self.step, self.last = 0, None
+
+
+@dataclass
+class LayerStats:
+    seconds: float = 0.0
+    calls: int = 0
+    sparse_calls: int = 0
+    geometry: Geometry | None = None
+
+
+@dataclass
+class TransformerState:
+    """Everything headsparse keeps on one patched transformer."""
+
+    key: str
+    spec: ModelSpec
+    plan: ModelPlan
+    tracker: StepTracker
+    modules: list[tuple[str, nn.Module]]
+    backend: Backend = "auto"
+    profile: bool = False
+    grid: Grid | None = None
+    step: int = 0
+    stats: list[LayerStats] = field(default_factory=list)
+    hook: Any = None
+    routers: list[Any] = field(default_factory=list)
+    signature: inspect.Signature | None = None
+    warned: set[str] = field(default_factory=set)
+
+    def warn_once(self, message: str) -> None:
+        if message not in self.warned:
+            self.warned.add(message)
+            logger.warning("headsparse (%s): %s", self.spec.class_name, message)
+
+    def heads_now(self, layer: int) -> tuple[Pattern, ...]:
+        return self.plan.heads_at(layer, self.step, self.tracker.num_steps())
+
+
+def make_pre_hook(state: TransformerState) -> Callable[..., None]:
+    """Forward pre-hook: read the token grid and the step from the transformer's arguments."""
+
+    @torch.compiler.disable
+    def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if state.signature is None:
+            state.signature = inspect.signature(module.forward)
+        try:
+            bound: Mapping[str, Any] = state.signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            bound = kwargs
+        state.grid = state.spec.grid(module, bound)
+        state.step = state.tracker.observe(bound.get(state.spec.timestep_arg))
+        expected = state.plan.grid
+        if expected is not None and state.grid is not None and tuple(expected) != tuple(state.grid):
+            raise ValueError(
+                f"the headsparse plan for {state.spec.class_name} was made for a token grid (frames, height, width)="
+                f"{tuple(expected)}, but this call has {tuple(state.grid)}; search a plan for this resolution or "
+                "use a plan without a grid"
+            )
+
+    return pre_hook
+
+
+@functools.lru_cache(maxsize=512)
+def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, device: str) -> Layout:
+    """The multi-head Layout of a layer: runs of equal patterns share one repeated layout."""
+    runs: list[tuple[Pattern, int]] = []
+    for p in heads:
+        if runs and runs[-1][0] == p:
+            runs[-1] = (p, runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    parts = [p.layout(geometry, num_heads=n, block_m=block, block_n=block) for p, n in runs]
+    layout = parts[0] if len(parts) == 1 else Layout.concat_heads(parts)
+    return layout.to(device)
+
+
+def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:
+    """The mask as [B|1, S] when its shape says it only masks keys (same row for every query)."""
+    if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+        flat = mask[:, 0, 0]
+    elif mask.dim() == 3 and mask.shape[1] == 1:
+        flat = mask[:, 0]
+    elif mask.dim() == 2 and mask.shape != (length, length):
+        flat = mask
+    else:
+        return None
+    if flat.shape[-1] != length or flat.shape[0] not in (1, batch):
+        return None
+    return flat
+
+
+def _key_padding(mask: Tensor, batch: int, length: int) -> Tensor | None:
+    """bool [B, S] of valid keys if ``mask`` only masks keys (same for every query), else None."""
+    flat = _key_mask_shape(mask, batch, length)
+    if flat is None:
+        return None
+    if flat.dtype == torch.bool:
+        valid = flat
+    elif flat.is_floating_point():
+        if not bool(((flat == 0) | (flat < -1e4)).all()):
+            return None  # an additive bias, not a padding mask
+        valid = flat == 0
+    else:
+        return None
+    return valid.expand(batch, length)
+
+
+_ROUTERS: dict[int, AttentionRouter] = {}
+_CALL_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+@torch.library.custom_op("headsparse::routed_attention", mutates_args=())
+def routed_attention(
+    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None, router: int
+) -> Tensor:
+    """One layer's self-attention, decided at run time from the plan, the step and the geometry.
+
+    A custom op so that ``torch.compile`` keeps it whole in the graph: the decision (dense or which
+    layout) reads Python state that must not be traced or guarded on.
+    """
+    return _ROUTERS[router].run(query, key, value, attn_mask, scale).contiguous()
+
+
+@routed_attention.register_fake
+def _(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None,
+      router: int) -> Tensor:
+    return query.new_empty(query.shape)
+
+
+class AttentionRouter:
+    """Stands in for one module's attention function; sparse when the plan and the call allow.
+
+    Calls that can never be sparse (cross-attention, dropout, causal, context parallel, a
+    non-key mask, autograd) go straight to the original function; the rest go through the
+    ``headsparse::routed_attention`` op, which decides per call.
+    """
+
+    def __init__(self, state: TransformerState, layer: int, style: str, original: Callable[..., Any],
+                 original_kwargs: dict[str, Any] | None = None) -> None:
+        self.state = state
+        self.layer = layer
+        self.style = style  # "dispatch": q (B, S, H, D); "sdpa": q (B, H, S, D)
+        self.original = original
+        self.original_kwargs = original_kwargs or {}
+        self.id = id(self)
+        _ROUTERS[self.id] = self
+
+    def release(self) -> None:
+        _ROUTERS.pop(self.id, None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        call = dict(zip(_CALL_ARGS, args, strict=False))
+        call.update(kwargs)
+        q, k = call["query"], call["key"]
+        seq_dim = 1 if self.style == "dispatch" else 2
+        mask = call.get("attn_mask")
+        static_dense = (
+            call.get("parallel_config") is not None
+            or call.get("dropout_p") or call.get("is_causal") or call.get("enable_gqa")
+            or q.shape[seq_dim] != k.shape[seq_dim]
+            or (mask is not None and _key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None)
+            or (torch.is_grad_enabled() and q.requires_grad)
+        )
+        if static_dense:
+            return self.original(*args, **kwargs)
+        return routed_attention(q, k, call["value"], mask, call.get("scale"), self.id)
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+        state = self.state
+        if not state.profile:
+            return self._route(q, k, v, mask, scale)
+        start = time.perf_counter()
+        out = self._route(q, k, v, mask, scale)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        stats = state.stats[self.layer]
+        stats.seconds += time.perf_counter() - start
+        stats.calls += 1
+        return out
+
+    # ------------------------------------------------------------------ routing
+    def _dense(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+        return self.original(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale,
+                             **self.original_kwargs)
+
+    def _route(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+        heads = self.state.heads_now(self.layer)
+        if all(isinstance(p, Dense) for p in heads):
+            return self._dense(q, k, v, mask, scale)
+        geometry, reason = self._geometry(q, len(heads))
+        if geometry is None:
+            self.state.warn_once(f"layer {self.layer}: running dense because {reason}")
+            return self._dense(q, k, v, mask, scale)
+        if self.style == "dispatch":  # (B, S, H, D) -> (B, H, S, D)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        valid = None
+        if mask is not None:
+            valid = _key_padding(mask, q.shape[0], q.shape[2])
+            if valid is None:
+                self.state.warn_once(f"layer {self.layer}: running dense because its attention mask is not a key mask")
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+                return out.transpose(1, 2) if self.style == "dispatch" else out
+            if bool(valid.all()):
+                valid = None
+        out = self._sparse(q, k, v, heads, geometry, valid, scale)
+        stats = self.state.stats[self.layer]
+        stats.sparse_calls += 1
+        stats.geometry = geometry
+        return out.transpose(1, 2) if self.style == "dispatch" else out
+
+    def _geometry(self, q: Tensor, num_heads: int) -> tuple[Geometry | None, str]:
+        state = self.state
+        seq_dim, head_dim = (1, 2) if self.style == "dispatch" else (2, 1)
+        if q.shape[head_dim] != num_heads:
+            raise ValueError(
+                f"the headsparse plan for {state.spec.class_name} has {num_heads} heads in layer {self.layer}, "
+                f"but its attention runs {q.shape[head_dim]} heads"
+            )
+        if state.grid is None:
+            return None, "the token grid could not be read from the transformer's inputs"
+        frames, height, width = state.grid
+        text = q.shape[seq_dim] - frames * height * width
+        if text < 0:
+            return None, f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {state.grid}"
+        position = state.spec.text_position if text else "none"
+        if text and position == "none":
+            return None, f"{text} tokens beyond the video grid in a model whose self-attention has no text"
+        return Geometry(frames, height, width, text, position), ""
+
+    def _sparse(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
+                valid: Tensor | None, scale: float | None) -> Tensor:
+        block = self.state.plan.block_size
+        backend = self.state.backend
+        if valid is None:
+            layout = layer_layout(heads, geometry, block, str(q.device))
+            return sparse_attention(q, k, v, layout, scale=scale, backend=backend)
+        # Padded text keys (HunyuanVideo): each item runs on its valid prefix with the text shortened;
+        # the padded query rows attend the valid keys densely, as in the model.
+        out = torch.empty_like(q)
+        lengths = valid.sum(-1)
+        for n in lengths.unique().tolist():
+            items = (lengths == n).nonzero().flatten()
+            n = int(n)
+            suffix_only = geometry.text_position == "suffix" and geometry.seq_len - n <= geometry.text_len
+            if not suffix_only or not bool(valid[items, :n].all()):
+                self.state.warn_once(f"layer {self.layer}: padding mask is not a text suffix; this call runs dense")
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+            text = geometry.text_len - (geometry.seq_len - n)
+            position = geometry.text_position if text else "none"
+            g = Geometry(geometry.frames, geometry.height, geometry.width, text, position)
+            layout = layer_layout(heads, g, block, str(q.device))
+            qi, ki, vi = q[items], k[items], v[items]
+            out[items, :, :n] = sparse_attention(qi[:, :, :n], ki[:, :, :n], vi[:, :, :n], layout, scale=scale,
+                                                 backend=backend)
+            if n < q.shape[2]:
+                rest = F.scaled_dot_product_attention(qi[:, :, n:], ki[:, :, :n], vi[:, :, :n], scale=scale)
+                out[items, :, n:] = rest
+        return out
