@@ -44,6 +44,18 @@ def build_model(layers: int, dtype: torch.dtype, *, hidden_heads: int = 12, head
     return model.eval()
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The Wan-like model's size, dtype and repeat count (shared with benchmarks/online.py)."""
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--ffn", type=int, default=8960)
+    p.add_argument("--text-dim", type=int, default=4096)
+    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--repeats", type=int, default=1)
+
+
 def mixed_plan(model: torch.nn.Module, layer_names: list[str], heads: int) -> ModelPlan:
     """Half the heads spatial, half temporal: Sparse VideoGen's two head kinds."""
     half = (Spatial(),) * (heads // 2) + (Temporal(),) * (heads - heads // 2)
@@ -57,14 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--frames", type=int, default=21, help="latent frames (= token frames)")
     p.add_argument("--height", type=int, default=30, help="token rows (latent height / 2)")
     p.add_argument("--width", type=int, default=52, help="token columns (latent width / 2)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--ffn", type=int, default=8960)
-    p.add_argument("--text-dim", type=int, default=4096)
-    p.add_argument("--text-len", type=int, default=512)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--repeats", type=int, default=1)
+    add_model_arguments(p)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_cpu.md")
     args = p.parse_args(argv)
 

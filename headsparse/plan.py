@@ -143,9 +143,13 @@ class ModelPlan:
             )
         return math.ceil(self.dense_steps * num_steps)
 
+    def in_warmup(self, layer: int, step: int, num_steps: int | None = None) -> bool:
+        """True when the layer runs dense at this step (a dense layer or a warm-up step)."""
+        return layer in self.dense_layers or step < self.dense_step_count(num_steps)
+
     def heads_at(self, layer: int, step: int, num_steps: int | None = None) -> tuple[Pattern, ...]:
         """Patterns of the layer's heads at a step, the dense warm-up applied."""
-        if layer in self.dense_layers or step < self.dense_step_count(num_steps):
+        if self.in_warmup(layer, step, num_steps):
             return (Dense(),) * self.num_heads
         return self.layers[layer].heads_at(step)
 

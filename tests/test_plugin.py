@@ -17,6 +17,7 @@ from tiny_models import CASE_NAMES, build
 
 import headsparse
 from headsparse.patterns import Neighborhood, Spatial
+from headsparse.patterns.recognize import Recognizer
 from headsparse.plan import LayerPlan, ModelPlan, Phase, Plan
 from headsparse.plugin import SPECS
 from headsparse.plugin.rebind import is_rebound, original_processor
@@ -239,8 +240,8 @@ def test_plan_file_round_trip_through_patch(tmp_path):
         assert handle.plan == plan
     with pytest.raises(ValueError, match="either plan= or pattern="):
         headsparse.patch(case.model, path, pattern="spatial")
-    with pytest.raises(NotImplementedError, match="auto"):
-        headsparse.patch(case.model, "auto")
+    with pytest.raises(ValueError, match="only used with plan='auto'"):
+        headsparse.patch(case.model, pattern="spatial", recognizer=Recognizer())
     with pytest.raises(ValueError, match="unknown pattern"):
         headsparse.patch(case.model, pattern="nope")
     with pytest.raises(ValueError, match="num_inference_steps"):

@@ -5,6 +5,7 @@ from headsparse.patterns.dense import Dense, Skip
 from headsparse.patterns.diagonal import Diagonal, MultiDiagonal
 from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.neighborhood import Neighborhood
+from headsparse.patterns.pooled import PooledBlocks
 from headsparse.patterns.registry import PATTERNS, candidates, get_pattern
 from headsparse.patterns.sliding_tile import SlidingTile
 from headsparse.patterns.spatial import Spatial
@@ -19,6 +20,7 @@ __all__ = [
     "MultiDiagonal",
     "Neighborhood",
     "Pattern",
+    "PooledBlocks",
     "Skip",
     "SlidingTile",
     "Spatial",

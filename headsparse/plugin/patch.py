@@ -17,8 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from headsparse.kernels.sparse_attention import Backend
-from headsparse.patterns import Pattern, get_pattern
-from headsparse.plan import DenseSteps, ModelPlan, Plan, check_dense_steps, load_plan, resolve_dense_layers
+from headsparse.patterns import Dense, Pattern, get_pattern
+from headsparse.patterns.recognize import Recognizer
+from headsparse.plan import (
+    DenseSteps,
+    LayerPlan,
+    ModelPlan,
+    Phase,
+    Plan,
+    check_dense_steps,
+    load_plan,
+    resolve_dense_layers,
+)
 from headsparse.plugin import diffusers_image, diffusers_video  # noqa: F401  (registers the specs)
 from headsparse.plugin.rebind import attention_call_style, is_rebound, original_processor, rebind_processor
 from headsparse.plugin.runtime import (
@@ -113,10 +123,8 @@ def _resolve_plan(
     if plan is not None and pattern is not None:
         raise ValueError("pass either plan= or pattern=, not both")
     if isinstance(plan, str) and plan == "auto":
-        raise NotImplementedError(
-            "plan='auto' (online recognition of head patterns) is not available in this version; pass a plan "
-            "file written by the search, or pattern='spatial' (or another registered pattern)"
-        )
+        # Online recognition: the plan only carries the dense warm-up; the heads are decided at run time.
+        plan, pattern = None, Dense()
     if plan is None and pattern is None:
         raise ValueError(
             "headsparse.patch needs a plan (Plan or path to a plan JSON) or a pattern name, e.g. pattern='spatial'"
@@ -195,6 +203,20 @@ class PatchHandle:
     def unpatch(self) -> None:
         unpatch(self.target)
 
+    def recognized_plan(self) -> Plan:
+        """In auto mode: the heads recognised so far as a static Plan (dense where none yet)."""
+        plans = {}
+        for key, state in self.states.items():
+            layers = []
+            for i, (name, _) in enumerate(state.modules):
+                decision = state.decisions.get(i)
+                heads = decision.recognition.heads if decision else (Dense(),) * state.plan.num_heads
+                layers.append(LayerPlan(name, (Phase(0, heads),)))
+            p = state.plan
+            plans[key] = ModelPlan(p.model, p.num_heads, tuple(layers), p.grid, p.dense_steps, p.dense_layers,
+                                   p.block_size)
+        return Plan(plans, {"recognizer": repr(next(iter(self.states.values())).recognizer)})
+
     def summary(self, *, print_table: bool = True) -> list[dict[str, Any]]:
         return summary(self.target, print_table=print_table)
 
@@ -233,12 +255,15 @@ def patch(
     backend: Backend = "auto",
     profile: bool = False,
     num_inference_steps: int | None = None,
+    recognizer: Recognizer | None = None,
     **pattern_params: Any,
 ) -> PatchHandle:
     """Run the self-attention of ``target`` (a diffusers pipeline or transformer) sparsely.
 
     ``plan``: a Plan, a ModelPlan or a path to a plan JSON. Or ``pattern``: one pattern (a name
-    with ``**pattern_params``, or a Pattern) for every head. ``dense_steps``: leading denoising
+    with ``**pattern_params``, or a Pattern) for every head. Or ``plan="auto"``: every head is
+    recognised online (``recognizer`` sets the error bound, sampling and re-recognition interval;
+    see :class:`headsparse.patterns.recognize.Recognizer`). ``dense_steps``: leading denoising
     steps run dense (an int, or a fraction of the steps); ``dense_layers``: the first N layers (an
     int) or the listed layer indices run dense. Patching again replaces the previous patch.
     Everything is checked before the model is touched.
@@ -248,6 +273,11 @@ def patch(
     for key, model in transformers.items():
         spec, modules = _check_supported(key, model)
         checked[key] = (model, spec, modules)
+    auto = isinstance(plan, str) and plan == "auto"
+    if recognizer is not None and not auto:
+        raise ValueError("recognizer= is only used with plan='auto'")
+    if auto:
+        recognizer = recognizer or Recognizer()
     plans = _resolve_plan(plan, pattern, pattern_params, checked, dense_steps, dense_layers, block_size)
     if backend not in ("auto", "triton", "grouped", "flex", "masked"):
         raise ValueError(f"backend must be 'auto', 'triton', 'grouped', 'flex' or 'masked'; got {backend!r}")
@@ -264,7 +294,8 @@ def patch(
     tracker = StepTracker(steps_of_run)
     states = {}
     for key, (model, spec, modules) in checked.items():
-        state = TransformerState(key, spec, plans[key], tracker, modules, backend=backend, profile=profile)
+        state = TransformerState(key, spec, plans[key], tracker, modules, backend=backend, profile=profile,
+                                 recognizer=recognizer)
         state.stats = [LayerStats() for _ in modules]
         for layer, (_, module) in enumerate(modules):
             proc = module.processor
@@ -327,19 +358,23 @@ def summary(target: Any, *, print_table: bool = True) -> list[dict[str, Any]]:
         state: TransformerState | None = getattr(model, STATE_ATTR, None)
         if state is None:
             continue
-        num_steps = state.tracker.num_steps()
         lines.append(f"{key}: {state.spec.class_name}, step {state.step}, grid {state.grid}")
         for layer, ((name, _), stats) in enumerate(zip(state.modules, state.stats, strict=True)):
-            heads = state.plan.heads_at(layer, state.step, num_steps)
+            heads = state.heads_now(layer)
             density = None
-            if stats.geometry is not None:
+            decision = state.decisions.get(layer)
+            if decision is not None and state.auto_now(layer):
+                density = decision.layout.density()[0].tolist()
+            elif stats.geometry is not None and not any(getattr(p, "dynamic", False) for p in heads):
                 lay = layer_layout(heads, stats.geometry, state.plan.block_size, "cpu")
                 density = lay.density()[0].tolist()
             ms = 1000 * stats.seconds / stats.calls if stats.calls else None
+            rec_ms = 1000 * stats.recognition_seconds if stats.recognitions else None
             for h, p in enumerate(heads):
                 rows.append({
                     "transformer": key, "layer": layer, "module": name, "head": h, "pattern": _label(p),
                     "density": None if density is None else density[h], "attention_ms": ms,
+                    "recognitions": stats.recognitions, "recognition_ms": rec_ms,
                 })
             counts: dict[str, int] = {}
             for p in heads:
@@ -347,7 +382,8 @@ def summary(target: Any, *, print_table: bool = True) -> list[dict[str, Any]]:
             mix = ", ".join(f"{n}x {lab}" for lab, n in counts.items())
             dens = "" if density is None else f"  density {sum(density) / len(density):.3f}"
             time_s = "" if ms is None else f"  {ms:.2f} ms/call"
-            lines.append(f"  {layer:3d} {name}: {mix}{dens}{time_s}")
+            rec_s = "" if rec_ms is None else f"  recognised {stats.recognitions}x in {rec_ms:.1f} ms"
+            lines.append(f"  {layer:3d} {name}: {mix}{dens}{time_s}{rec_s}")
     if print_table:
         print("\n".join(lines))
     return rows

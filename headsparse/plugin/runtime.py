@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from headsparse.kernels import Layout, sparse_attention
 from headsparse.kernels.sparse_attention import Backend
 from headsparse.patterns import Dense, Geometry, Pattern
+from headsparse.patterns.recognize import Recognition, Recognizer, recognition_layout
 from headsparse.plan import ModelPlan
 from headsparse.plugin.spec import Grid, ModelSpec
 
@@ -70,6 +71,18 @@ class LayerStats:
     calls: int = 0
     sparse_calls: int = 0
     geometry: Geometry | None = None
+    recognitions: int = 0
+    recognition_seconds: float = 0.0
+
+
+@dataclass
+class LayerDecision:
+    """What the recogniser chose for a layer, at which step and geometry, and its layout."""
+
+    recognition: Recognition
+    layout: Layout
+    geometry: Geometry
+    step: int
 
 
 @dataclass
@@ -90,6 +103,8 @@ class TransformerState:
     routers: list[Any] = field(default_factory=list)
     signature: inspect.Signature | None = None
     warned: set[str] = field(default_factory=set)
+    recognizer: Recognizer | None = None
+    decisions: dict[int, LayerDecision] = field(default_factory=dict)
 
     def warn_once(self, message: str) -> None:
         if message not in self.warned:
@@ -97,7 +112,15 @@ class TransformerState:
             logger.warning("headsparse (%s): %s", self.spec.class_name, message)
 
     def heads_now(self, layer: int) -> tuple[Pattern, ...]:
-        return self.plan.heads_at(layer, self.step, self.tracker.num_steps())
+        """The layer's patterns at the current step (in auto mode: the last recognised ones)."""
+        num_steps = self.tracker.num_steps()
+        if self.recognizer is not None and not self.plan.in_warmup(layer, self.step, num_steps):
+            decision = self.decisions.get(layer)
+            return decision.recognition.heads if decision else (Dense(),) * self.plan.num_heads
+        return self.plan.heads_at(layer, self.step, num_steps)
+
+    def auto_now(self, layer: int) -> bool:
+        return self.recognizer is not None and not self.plan.in_warmup(layer, self.step, self.tracker.num_steps())
 
 
 def make_pre_hook(state: TransformerState) -> Callable[..., None]:
@@ -122,6 +145,17 @@ def make_pre_hook(state: TransformerState) -> Callable[..., None]:
             )
 
     return pre_hook
+
+
+def dynamic_layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, q: Tensor, k: Tensor) -> Layout:
+    """A layer whose heads include dynamic patterns (pooled): built from this call's q/k (item 0)."""
+    parts = []
+    for h, p in enumerate(heads):
+        if getattr(p, "dynamic", False):
+            parts.append(p.layout_from_qk(q[0, h : h + 1], k[0, h : h + 1], geometry, block))  # type: ignore[attr-defined]
+        else:
+            parts.append(p.layout(geometry, num_heads=1, block_m=block, block_n=block))
+    return Layout.concat_heads(parts).to(q.device)
 
 
 @functools.lru_cache(maxsize=512)
@@ -248,29 +282,57 @@ class AttentionRouter:
                              **self.original_kwargs)
 
     def _route(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
-        heads = self.state.heads_now(self.layer)
-        if all(isinstance(p, Dense) for p in heads):
+        state = self.state
+        auto = state.auto_now(self.layer)
+        heads = state.heads_now(self.layer)
+        if not auto and all(isinstance(p, Dense) for p in heads):
             return self._dense(q, k, v, mask, scale)
         geometry, reason = self._geometry(q, len(heads))
         if geometry is None:
-            self.state.warn_once(f"layer {self.layer}: running dense because {reason}")
+            state.warn_once(f"layer {self.layer}: running dense because {reason}")
             return self._dense(q, k, v, mask, scale)
-        if self.style == "dispatch":  # (B, S, H, D) -> (B, H, S, D)
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
         valid = None
         if mask is not None:
-            valid = _key_padding(mask, q.shape[0], q.shape[2])
+            valid = _key_padding(mask, qh.shape[0], qh.shape[2])
             if valid is None:
-                self.state.warn_once(f"layer {self.layer}: running dense because its attention mask is not a key mask")
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-                return out.transpose(1, 2) if self.style == "dispatch" else out
+                state.warn_once(f"layer {self.layer}: running dense because its attention mask is not a key mask")
+                return self._dense(q, k, v, mask, scale)
             if bool(valid.all()):
                 valid = None
-        out = self._sparse(q, k, v, heads, geometry, valid, scale)
-        stats = self.state.stats[self.layer]
+        if auto:
+            if valid is not None:
+                state.warn_once(f"layer {self.layer}: recognition does not handle padded text; this call runs dense")
+                return self._dense(q, k, v, mask, scale)
+            decision = self._decide(qh, kh, vh, geometry, scale)
+            if all(isinstance(p, Dense) for p in decision.recognition.heads):
+                return self._dense(q, k, v, mask, scale)
+            out = sparse_attention(qh, kh, vh, decision.layout, scale=scale, backend=state.backend)
+        else:
+            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale)
+        stats = state.stats[self.layer]
         stats.sparse_calls += 1
         stats.geometry = geometry
         return out.transpose(1, 2) if self.style == "dispatch" else out
+
+    def _decide(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, scale: float | None) -> LayerDecision:
+        """The layer's recognised decision: reused within ``every`` steps at the same geometry."""
+        state = self.state
+        recognizer = state.recognizer
+        assert recognizer is not None
+        old = state.decisions.get(self.layer)
+        if old is not None and old.geometry == geometry and 0 <= state.step - old.step < recognizer.every:
+            return old
+        block = state.plan.block_size
+        rec = recognizer.recognize(q, k, v, geometry, block=block, scale=scale)
+        start = time.perf_counter()
+        layout = recognition_layout(rec, geometry, block).to(q.device)
+        stats = state.stats[self.layer]
+        stats.recognitions += 1
+        stats.recognition_seconds += rec.seconds + time.perf_counter() - start
+        decision = LayerDecision(rec, layout, geometry, state.step)
+        state.decisions[self.layer] = decision
+        return decision
 
     def _geometry(self, q: Tensor, num_heads: int) -> tuple[Geometry | None, str]:
         state = self.state
@@ -295,9 +357,16 @@ class AttentionRouter:
                 valid: Tensor | None, scale: float | None) -> Tensor:
         block = self.state.plan.block_size
         backend = self.state.backend
+        dynamic = any(getattr(p, "dynamic", False) for p in heads)
         if valid is None:
-            layout = layer_layout(heads, geometry, block, str(q.device))
+            if dynamic:
+                layout = dynamic_layer_layout(heads, geometry, block, q, k)
+            else:
+                layout = layer_layout(heads, geometry, block, str(q.device))
             return sparse_attention(q, k, v, layout, scale=scale, backend=backend)
+        if dynamic:
+            self.state.warn_once(f"layer {self.layer}: dynamic patterns with padded text are not built; running dense")
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
         # Padded text keys (HunyuanVideo): each item runs on its valid prefix with the text shortened;
         # the padded query rows attend the valid keys densely, as in the model.
         out = torch.empty_like(q)

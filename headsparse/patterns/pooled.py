@@ -1,0 +1,98 @@
+"""pooled: dynamic block selection from mean-pooled q and k (RainFusion 2.0 / SpargeAttn style).
+
+Each block of queries and of keys is averaged into one vector; the pooled scores say which key
+blocks matter to which query block. Per query block the top ``keep`` fraction of key blocks is
+kept (or, with ``cdf``, the fewest whose pooled softmax mass reaches it), plus its own block, every
+block holding text (``text_dense``) and every block holding first-frame tokens (``first_frame``).
+Kept blocks are kept whole, so the Layout has no partial blocks (apart from a ragged edge). The
+selection depends on q and k, so this pattern has no static mask: it is built per call (or per
+recognition interval) from the attention's own inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from headsparse.kernels.layout import BLOCK_FULL, BLOCK_SKIP, Layout
+from headsparse.patterns.base import Pattern
+from headsparse.patterns.geometry import Geometry
+from headsparse.patterns.registry import register
+
+
+def _block_flags(flags: Tensor, block: int) -> Tensor:
+    """bool [n_blocks]: blocks containing any flagged token."""
+    n = math.ceil(flags.numel() / block)
+    return F.pad(flags, (0, n * block - flags.numel())).view(n, block).any(1)
+
+
+def mean_pool(x: Tensor, block: int) -> Tensor:
+    """[..., L, D] -> [..., ceil(L / block), D]: the mean of each block's real tokens."""
+    length = x.shape[-2]
+    n = math.ceil(length / block)
+    padded = F.pad(x.float(), (0, 0, 0, n * block - length)).unflatten(-2, (n, block)).sum(-2)
+    counts = torch.full((n,), float(block), device=x.device)
+    counts[-1] = length - (n - 1) * block
+    return padded / counts[:, None]
+
+
+@register
+@dataclass(frozen=True)
+class PooledBlocks(Pattern):
+    keep: float = 0.1
+    cdf: float | None = None
+    first_frame: bool = True
+
+    name = "pooled"
+    dynamic: ClassVar[bool] = True
+    grid = ({"keep": 0.05}, {"keep": 0.1}, {"keep": 0.2}, {"cdf": 0.9})
+
+    def check(self) -> None:
+        super().check()
+        if not isinstance(self.keep, (int, float)) or not 0 < self.keep <= 1:
+            raise ValueError(f"pooled.keep must be a fraction in (0, 1], got {self.keep!r}")
+        if self.cdf is not None and not (isinstance(self.cdf, float) and 0 < self.cdf <= 1):
+            raise ValueError(f"pooled.cdf must be None or a float in (0, 1], got {self.cdf!r}")
+
+    def video_mask(self, g, tq, yq, xq, tk, yk, xk) -> Tensor:
+        raise TypeError("the pooled pattern is dynamic: its mask depends on q and k (use block_kinds_from_qk)")
+
+    def layout(self, geometry: Geometry, *, num_heads: int = 1, block_m: int = 128, block_n: int = 128) -> Layout:
+        raise TypeError("the pooled pattern is dynamic: build its layout with layout_from_qk(q, k, geometry, block)")
+
+    def block_kinds_from_qk(self, q: Tensor, k: Tensor, geometry: Geometry, block: int) -> Tensor:
+        """int8 [H, MQ, NK] block map from q, k [H, L, D] (one batch item) in original token order."""
+        if q.shape[-2] != geometry.seq_len or k.shape[-2] != geometry.seq_len:
+            raise ValueError(f"q/k have {q.shape[-2]}/{k.shape[-2]} tokens, the geometry {geometry.seq_len}")
+        qb, kb = mean_pool(q, block), mean_pool(k, block)
+        probs = torch.softmax(qb @ kb.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [H, MQ, NK]
+        _, mq, nk = probs.shape
+        if self.cdf is None:
+            count = max(1, math.ceil(self.keep * nk))
+            keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, probs.topk(count, -1).indices, True)
+        else:
+            ordered, order = probs.sort(-1, descending=True)
+            before = ordered.cumsum(-1) - ordered  # mass of the blocks ranked above
+            keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, before < self.cdf)
+        idx = torch.arange(min(mq, nk))
+        keep[:, idx, idx] = True
+        _, _, _, is_text = geometry.coords(torch.arange(geometry.seq_len))
+        text_blocks = _block_flags(is_text, block)
+        if self.text_dense:
+            keep[:, :, text_blocks] = True
+            keep[:, text_blocks, :] = True
+        if self.first_frame:
+            first = geometry.frame_of_token() == 0
+            keep[:, :, _block_flags(first, block)] = True
+        return torch.where(keep, BLOCK_FULL, BLOCK_SKIP).to(torch.int8)
+
+    def layout_from_qk(self, q: Tensor, k: Tensor, geometry: Geometry, block: int) -> Layout:
+        """The Layout of ``H`` heads from q, k [H, L, D]."""
+        kinds = self.block_kinds_from_qk(q, k, geometry, block)
+        return Layout.from_block_kinds(kinds.cpu(), None, q_len=geometry.seq_len, kv_len=geometry.seq_len,
+                                       block_m=block, block_n=block)
