@@ -102,6 +102,8 @@ class ModelPlan:
     dense_steps: DenseSteps = 0
     dense_layers: tuple[int, ...] = ()
     block_size: int = 128
+    # Hash of the model's architecture config (see headsparse.plugin.patch.config_hash), if recorded.
+    config_hash: str | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -162,6 +164,7 @@ class ModelPlan:
             "dense_steps": self.dense_steps,
             "dense_layers": list(self.dense_layers),
             "block_size": self.block_size,
+            "config_hash": self.config_hash,
             "layers": [
                 {
                     "name": layer.name,
@@ -190,7 +193,7 @@ class ModelPlan:
                 model=data["model"], num_heads=int(data["num_heads"]), layers=layers,
                 grid=tuple(int(n) for n in grid) if grid is not None else None,
                 dense_steps=data.get("dense_steps", 0), dense_layers=tuple(data.get("dense_layers", ())),
-                block_size=int(data.get("block_size", 128)),
+                block_size=int(data.get("block_size", 128)), config_hash=data.get("config_hash"),
             )
         except KeyError as exc:
             raise ValueError(f"plan entry is missing the key {exc}") from None

@@ -75,6 +75,53 @@ def _block_row_mask(kinds: Tensor, rows: Tensor, length: int, block: int) -> Ten
     return per_row.repeat_interleave(block, dim=-1)[..., :length]
 
 
+class SampledAttention:
+    """Exact attention of a few sampled query rows per head, to score masks against.
+
+    From q/k/v [B, H, L, D] (batch item 0): the sampled rows' softmax over all keys and their
+    outputs. ``errors`` gives, per head, the relative L2 error of those outputs when the rows keep
+    only a mask's keys (renormalised), which is what a sparse head would output there. Heads that
+    lose too much mass (below ``min_mass`` on some row) get inf without the product: cheap rejects.
+    """
+
+    def __init__(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, *, samples: int = 32, seed: int = 0,
+                 scale: float | None = None, min_mass: float = 0.0) -> None:
+        q0, k0, self.v = q[0], k[0], v[0]
+        self.num_heads, length, dim = q0.shape
+        if length != geometry.seq_len:
+            raise ValueError(f"q has {length} tokens, the geometry {geometry.seq_len}")
+        self.geometry = geometry
+        self.rows = sample_rows(geometry, samples, seed)
+        self._key = tuple(self.rows.tolist())
+        scale = scale if scale is not None else 1 / math.sqrt(dim)
+        # Products run in the inputs' dtype (fast bf16 on CPUs that have it); softmax and masses in fp32.
+        logits = (q0[:, self.rows.to(q0.device)] @ k0.transpose(-1, -2)).float() * scale  # [H, n, L]
+        self.probs = torch.softmax(logits, dim=-1)
+        self.full = (self.probs.to(self.v.dtype) @ self.v).float()  # [H, n, D]
+        self.full_norm = self.full.norm(dim=(-1, -2)).clamp_min(1e-12)
+        self.min_mass = min_mass
+
+    def pattern_mask(self, pattern: Pattern) -> Tensor:
+        """bool [n, L]: the pattern's mask on the sampled rows."""
+        return _row_mask(pattern, self.geometry, self._key).to(self.probs.device)
+
+    def errors(self, masks: Tensor, heads: Tensor | None = None) -> Tensor:
+        """Relative output error per head (all, or those in ``heads``) under masks [n, L] or [h, n, L]."""
+        if heads is None:
+            heads = torch.arange(self.num_heads)
+        heads = heads.to(self.probs.device)
+        kept = self.probs[heads] * masks.to(self.probs.device)
+        mass = kept.sum(-1, keepdim=True)  # [h, n, 1]
+        result = torch.full((heads.numel(),), float("inf"), device=self.probs.device)
+        worth = mass.amin(dim=(-1, -2)) >= self.min_mass
+        if worth.any():
+            sel = worth.nonzero().flatten()
+            hs = heads[sel]
+            out = (kept[sel].to(self.v.dtype) @ self.v[hs.to(self.v.device)]).float() / mass[sel].clamp_min(1e-30)
+            result[sel] = (out - self.full[hs]).norm(dim=(-1, -2)) / self.full_norm[hs]
+        return result
+
+
 @dataclass
 class Recognition:
     """The outcome for one layer: a pattern per head, its estimated error and the cost paid."""
@@ -115,45 +162,18 @@ class Recognizer:
                   scale: float | None = None) -> Recognition:
         """Classify the heads of one attention call; q/k/v [B, H, L, D] (batch item 0 is sampled)."""
         start = time.perf_counter()
-        q0, k0, v0 = q[0], k[0], v[0]
-        num_heads, length, dim = q0.shape
-        if length != geometry.seq_len:
-            raise ValueError(f"q has {length} tokens, the geometry {geometry.seq_len}")
-        rows = sample_rows(geometry, self.samples, self.seed)
-        scale = scale if scale is not None else 1 / math.sqrt(dim)
-        # Products run in the inputs' dtype (fast bf16 on CPUs that have it); softmax and masses in fp32.
-        logits = (q0[:, rows] @ k0.transpose(-1, -2)).float() * scale  # [H, n, L]
-        probs = torch.softmax(logits, dim=-1)
-        full = (probs.to(v0.dtype) @ v0).float()  # [H, n, D]
-        full_norm = full.norm(dim=(-1, -2)).clamp_min(1e-12)
-        min_mass = 1 - 10 * self.error_bound
-
-        def errors(masks: Tensor, heads: Tensor) -> Tensor:
-            """Relative output error per head in ``heads`` under masks [n, L] or [len(heads), n, L].
-
-            Heads whose sampled rows lose much attention mass (below ``1 - 10 * error_bound``) are
-            rejected without computing their output (inf), which keeps recognition cheap.
-            """
-            kept = probs[heads] * masks
-            mass = kept.sum(-1, keepdim=True)  # [h, n, 1]
-            result = torch.full((heads.numel(),), float("inf"), device=probs.device)
-            worth = mass.amin(dim=(-1, -2)) >= min_mass
-            if worth.any():
-                sel = worth.nonzero().flatten()
-                hs = heads[sel]
-                out = (kept[sel].to(v0.dtype) @ v0[hs]).float() / mass[sel].clamp_min(1e-30)
-                result[sel] = (out - full[hs]).norm(dim=(-1, -2)) / full_norm[hs]
-            return result
-
+        sampled = SampledAttention(q, k, v, geometry, samples=self.samples, seed=self.seed, scale=scale,
+                                   min_mass=1 - 10 * self.error_bound)
+        q0, k0 = q[0], k[0]
+        num_heads, length = sampled.num_heads, geometry.seq_len
         chosen: list[Pattern | None] = [None] * num_heads
         err: list[float] = [0.0] * num_heads
         candidates = self.candidates if self.candidates is not None else default_candidates(geometry)
-        key = tuple(rows.tolist())
         for pattern in sorted(candidates, key=lambda p: block_cost(p, geometry, block)):
             open_heads = torch.tensor([h for h in range(num_heads) if chosen[h] is None], dtype=torch.long)
             if open_heads.numel() == 0:
                 break
-            e = errors(_row_mask(pattern, geometry, key).to(probs.device), open_heads.to(probs.device))
+            e = sampled.errors(sampled.pattern_mask(pattern), open_heads)
             for h, value in zip(open_heads.tolist(), e.tolist(), strict=True):
                 if value <= self.error_bound:
                     chosen[h], err[h] = pattern, value
@@ -162,8 +182,8 @@ class Recognizer:
         if open_heads and self.pooled is not None:
             heads_t = torch.tensor(open_heads, dtype=torch.long, device=q0.device)
             kinds = self.pooled.block_kinds_from_qk(q0[heads_t], k0[heads_t], geometry, block)
-            masks = _block_row_mask(kinds, rows.to(kinds.device), length, block)
-            e = errors(masks.to(probs.device), heads_t)
+            masks = _block_row_mask(kinds, sampled.rows.to(kinds.device), length, block)
+            e = sampled.errors(masks, heads_t)
             for i, (h, value) in enumerate(zip(open_heads, e.tolist(), strict=True)):
                 if value <= self.error_bound:
                     chosen[h], err[h] = self.pooled, value

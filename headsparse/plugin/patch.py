@@ -8,6 +8,8 @@ grid and the step. ``unpatch`` puts the original processor objects back and remo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -99,10 +101,25 @@ def _heads_of(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> int:
     return counts.pop()
 
 
+def config_hash(model: nn.Module) -> str | None:
+    """A short hash of the model's architecture config (public keys of ``model.config``), if it has one."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    items = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _check_plan(key: str, model: nn.Module, modules: list[tuple[str, nn.Module]], plan: ModelPlan) -> None:
     cls = type(model).__name__
     if plan.model != cls:
         raise ValueError(f"the plan for {key!r} was made for {plan.model}, not {cls}")
+    own = config_hash(model)
+    if plan.config_hash is not None and own is not None and plan.config_hash != own:
+        raise ValueError(
+            f"the plan for {cls} was made for a model with config hash {plan.config_hash}; this model's config "
+            f"hashes to {own} (a different size or variant)"
+        )
     if len(plan.layers) != len(modules):
         raise ValueError(
             f"the plan for {cls} has {len(plan.layers)} layers; this model has {len(modules)} self-attention layers"
@@ -295,7 +312,7 @@ def patch(
     states = {}
     for key, (model, spec, modules) in checked.items():
         state = TransformerState(key, spec, plans[key], tracker, modules, backend=backend, profile=profile,
-                                 recognizer=recognizer)
+                                 recognizer=recognizer, model=model)
         state.stats = [LayerStats() for _ in modules]
         for layer, (_, module) in enumerate(modules):
             proc = module.processor

@@ -105,6 +105,9 @@ class TransformerState:
     warned: set[str] = field(default_factory=set)
     recognizer: Recognizer | None = None
     decisions: dict[int, LayerDecision] = field(default_factory=dict)
+    # Calibration (offline search): sees every eligible self-attention call, which then runs dense.
+    observer: Callable[[int, int, Tensor, Tensor, Tensor, Geometry], None] | None = None
+    model: nn.Module | None = None
 
     def warn_once(self, message: str) -> None:
         if message not in self.warned:
@@ -283,6 +286,13 @@ class AttentionRouter:
 
     def _route(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
         state = self.state
+        if state.observer is not None:
+            geometry, _ = self._geometry(q, state.plan.num_heads)
+            valid = None if mask is None or geometry is None else _key_padding(mask, q.shape[0], geometry.seq_len)
+            if geometry is not None and (mask is None or (valid is not None and bool(valid.all()))):
+                qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
+                state.observer(self.layer, state.step, qh, kh, vh, geometry)
+            return self._dense(q, k, v, mask, scale)
         auto = state.auto_now(self.layer)
         heads = state.heads_now(self.layer)
         if not auto and all(isinstance(p, Dense) for p in heads):
