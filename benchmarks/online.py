@@ -31,7 +31,7 @@ from headsparse.testing import KINDS, plant_wan, planted_qkv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES, _cpu_model, best_time
-from pipeline import add_model_arguments, build_model
+from pipeline import add_model_arguments, model_and_step
 
 
 def psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -81,18 +81,8 @@ def attention_rows(grid: tuple[int, int, int], args: argparse.Namespace) -> list
 
 
 def model_rows(args: argparse.Namespace) -> list[dict]:
-    dtype = DTYPES[args.dtype]
-    model = build_model(args.layers, dtype, hidden_heads=args.heads, head_dim=args.head_dim, ffn=args.ffn,
-                        text_dim=args.text_dim)
+    model, step = model_and_step(args, args.model_grid)
     planted = plant_wan(model, None, seed=1)
-    f, h, w = args.model_grid
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, f, 2 * h, 2 * w, generator=gen).to(dtype)
-    text = torch.randn(1, args.text_len, args.text_dim, generator=gen).to(dtype)
-
-    def step() -> torch.Tensor:
-        with torch.no_grad():
-            return model(x, torch.tensor([500]), text, return_dict=False)[0]
 
     dense_t = best_time(step, args.repeats)
     dense = step()

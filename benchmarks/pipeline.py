@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,6 +57,24 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1)
 
 
+def model_and_step(args: argparse.Namespace, grid: tuple[int, int, int]
+                   ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """The model of ``args`` and one denoising call of it on a latent of ``grid`` tokens (timestep 500)."""
+    dtype = DTYPES[args.dtype]
+    model = build_model(args.layers, dtype, hidden_heads=args.heads, head_dim=args.head_dim, ffn=args.ffn,
+                        text_dim=args.text_dim)
+    f, h, w = grid
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, f, 2 * h, 2 * w, generator=g).to(dtype)
+    text = torch.randn(1, args.text_len, args.text_dim, generator=g).to(dtype)
+
+    def step() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x, torch.tensor([500]), text, return_dict=False)[0]
+
+    return model, step
+
+
 def mixed_plan(model: torch.nn.Module, layer_names: list[str], heads: int) -> ModelPlan:
     """Half the heads spatial, half temporal: Sparse VideoGen's two head kinds."""
     half = (Spatial(),) * (heads // 2) + (Temporal(),) * (heads - heads // 2)
@@ -73,20 +92,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_cpu.md")
     args = p.parse_args(argv)
 
-    dtype = DTYPES[args.dtype]
-    model = build_model(args.layers, dtype, hidden_heads=args.heads, head_dim=args.head_dim, ffn=args.ffn,
-                        text_dim=args.text_dim)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, args.frames, 2 * args.height, 2 * args.width, generator=g).to(dtype)
-    text = torch.randn(1, args.text_len, args.text_dim, generator=g).to(dtype)
-    t = torch.tensor([500])
+    model, step = model_and_step(args, (args.frames, args.height, args.width))
     tokens = args.frames * args.height * args.width
     print(f"Wan-like transformer: {args.layers} blocks, {args.heads}x{args.head_dim} heads, "
           f"{args.frames}x{args.height}x{args.width} = {tokens} tokens, {args.dtype}, {_cpu_model()}")
-
-    def step() -> torch.Tensor:
-        with torch.no_grad():
-            return model(x, t, text, return_dict=False)[0]
 
     dense_before = best_time(step, args.repeats)
     dense_out = step().float()

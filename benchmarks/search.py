@@ -27,7 +27,7 @@ from headsparse.testing import plant_wan
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES, _cpu_model, best_time
 from online import psnr, rel_l2
-from pipeline import add_model_arguments, build_model
+from pipeline import add_model_arguments, model_and_step
 
 FAMILY = {"global": "dense"}
 
@@ -44,16 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     dtype = DTYPES[args.dtype]
     f, h, w = (int(n) for n in args.grid.split("x"))
-    model = build_model(args.layers, dtype, hidden_heads=args.heads, head_dim=args.head_dim, ffn=args.ffn,
-                        text_dim=args.text_dim)
+    model, step = model_and_step(args, (f, h, w))
     labels = plant_wan(model, None, seed=2)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, f, 2 * h, 2 * w, generator=gen).to(dtype)
-    text = torch.randn(1, args.text_len, args.text_dim, generator=gen).to(dtype)
-
-    def step() -> torch.Tensor:
-        with torch.no_grad():
-            return model(x, torch.tensor([500]), text, return_dict=False)[0]
 
     start = time.perf_counter()
     plan = headsparse.search(model, step, budget=args.budget, block_size=args.block, progress=False,
