@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import time
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from headsparse.kernels import BLOCK_FULL, BLOCK_PARTIAL, Layout, sparse_attention
 from headsparse.kernels.sparse_attention import choose_backend
+from headsparse.timing import best_time
 
 TOKENS_PER_FRAME = 30 * 52
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -61,22 +61,6 @@ def spatial_layout(heads: int, frames: int, block: int) -> Layout:
     kinds = kinds2d.expand(1, heads, n, n).contiguous()
     masks = masks.repeat(heads, 1, 1)
     return Layout.from_block_kinds(kinds, masks, q_len=length, kv_len=length, block_m=block, block_n=block)
-
-
-def best_time(fn, repeats: int, device: str = "cpu") -> float:
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    fn()  # warm-up (and compile)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run(args: argparse.Namespace) -> list[dict]:

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 import headsparse
 from headsparse.patterns import Geometry, Spatial, Temporal
 from headsparse.patterns.recognize import Recognizer, recognition_layout
-from headsparse.testing import KINDS, plant_wan, planted_qkv
+from headsparse.testing import EXPECTED_PATTERN, plant_wan, planted_qkv, random_kinds
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model, best_time
+from attention import DTYPES, _cpu_model
 from pipeline import add_model_arguments, model_and_step
 
 
@@ -44,15 +45,10 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def labels(n: int, seed: int) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    return [KINDS[int(i)] for i in torch.randint(len(KINDS), (n,), generator=g)]
-
-
 def attention_rows(grid: tuple[int, int, int], args: argparse.Namespace) -> list[dict]:
     dtype = DTYPES[args.dtype]
     g = Geometry(*grid)
-    kinds = labels(args.heads, seed=sum(grid))
+    kinds = random_kinds(1, args.heads, seed=sum(grid))[0]
     q, k, v = planted_qkv(g, kinds, head_dim=args.head_dim, dtype=dtype)
     recognizer = Recognizer()
     with torch.no_grad():
@@ -60,7 +56,7 @@ def attention_rows(grid: tuple[int, int, int], args: argparse.Namespace) -> list
         dense = F.scaled_dot_product_attention(q, k, v)
         rec_t = best_time(lambda: recognizer.recognize(q, k, v, g, block=args.block), args.repeats)
         rec = recognizer.recognize(q, k, v, g, block=args.block)
-        right = sum(p.name == {"global": "dense"}.get(kd, kd) for kd, p in zip(kinds, rec.heads, strict=True))
+        right = sum(p.name == EXPECTED_PATTERN[kd] for kd, p in zip(kinds, rec.heads, strict=True))
         configs = {"auto": recognition_layout(rec, g, args.block)}
         for pattern in (Spatial(), Temporal()):
             configs[f"all {pattern.name}"] = pattern.layout(g, num_heads=args.heads, block_m=args.block,
@@ -101,9 +97,7 @@ def model_rows(args: argparse.Namespace) -> list[dict]:
         attn_ms = sum(r["attention_ms"] for r in summary if r["head"] == 0)
         accuracy = ""
         if label == "auto":
-            family = {"global": "dense"}
-            right = sum(r["pattern"].split("(")[0] == family.get(planted[r["layer"]][r["head"]],
-                                                                   planted[r["layer"]][r["head"]]) for r in first)
+            right = sum(r["pattern"].split("(")[0] == EXPECTED_PATTERN[planted[r["layer"]][r["head"]]] for r in first)
             accuracy = f"{right}/{len(first)}"
         rows.append({"config": label, "density": density, "ratio": t / dense_t, "psnr": psnr(out, dense),
                      "rel_l2": rel_l2(out, dense), "recognition_ms": rec_ms, "attention_ms": attn_ms,

@@ -33,9 +33,10 @@ from headsparse.patterns import (
     VerticalStripe,
 )
 from headsparse.patterns.base import clear_layout_cache
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model, best_time
+from attention import DTYPES, _cpu_model
 
 PATTERNS = [
     Spatial(), Spatial(frame_band=1), Temporal(), Temporal(spatial_window=3, frame_window=8),

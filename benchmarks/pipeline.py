@@ -23,9 +23,10 @@ import torch
 import headsparse
 from headsparse.patterns import Spatial, Temporal
 from headsparse.plan import LayerPlan, ModelPlan, Phase
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model, best_time
+from attention import DTYPES, _cpu_model
 
 
 def build_model(layers: int, dtype: torch.dtype, *, hidden_heads: int = 12, head_dim: int = 128,

@@ -22,14 +22,13 @@ import torch
 import headsparse
 from headsparse.patterns import Geometry, Neighborhood, PooledBlocks, Spatial, Temporal, Textural
 from headsparse.search import CostModel
-from headsparse.testing import plant_wan
+from headsparse.testing import EXPECTED_PATTERN, plant_wan
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model, best_time
+from attention import DTYPES, _cpu_model
 from online import psnr, rel_l2
 from pipeline import add_model_arguments, model_and_step
-
-FAMILY = {"global": "dense"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                              cost_model=CostModel(args.cost, dtype=dtype))
     search_s = time.perf_counter() - start
     mp = plan.transformers["transformer"]
-    right = sum(FAMILY.get(k, k) == pat.name for layer, row in zip(mp.layers, labels, strict=True)
+    right = sum(EXPECTED_PATTERN[k] == pat.name for layer, row in zip(mp.layers, labels, strict=True)
                 for k, pat in zip(row, layer.phases[0].heads, strict=True))
     predicted = plan.settings["predicted"]["transformer"]["buckets"][0]
     print(f"search: {search_s:.1f} s, {right}/{len(labels) * args.heads} heads recovered, predicted {predicted}")

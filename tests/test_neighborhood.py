@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layout_checks import assert_layout_is_mask
 
 from headsparse.kernels import layout_reference, sparse_attention
 from headsparse.patterns.geometry import Geometry
@@ -125,10 +126,7 @@ PATTERN_CASES = [
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=repr)
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 32)])
 def test_layout_mask_equals_reference(pattern, geometry, blocks):
-    lay = pattern.layout(geometry, num_heads=2, block_m=blocks[0], block_n=blocks[1])
-    ref = pattern.dense_mask(geometry)
-    dense = lay.to_dense_mask()
-    assert torch.equal(dense[0, 0], ref) and torch.equal(dense[0, 1], ref)
+    assert_layout_is_mask(pattern, geometry, *blocks, heads=2)
 
 
 @pytest.mark.parametrize("pattern", PATTERN_CASES, ids=repr)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layout_checks import assert_layout_is_mask
 
 from headsparse.kernels import Layout, layout_reference, sparse_attention
 from headsparse.patterns import (
@@ -43,11 +44,7 @@ PATTERN_CASES = [
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=repr)
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 32)])
 def test_layout_mask_equals_reference(pattern, geometry, blocks):
-    lay = pattern.layout(geometry, num_heads=2, block_m=blocks[0], block_n=blocks[1])
-    ref = pattern.dense_mask(geometry)
-    assert lay.num_heads == 2 and lay.q_len == geometry.seq_len
-    assert torch.equal(lay.to_dense_mask()[0, 0], ref)
-    assert torch.equal(lay.to_dense_mask()[0, 1], ref)
+    assert_layout_is_mask(pattern, geometry, *blocks, heads=2)
 
 
 @pytest.mark.parametrize("pattern", PATTERN_CASES, ids=repr)
@@ -211,8 +208,7 @@ def test_property_layouts_match_reference(frames, height, width, text, band, sin
                     MultiDiagonal(half_width=band, text_dense=text_dense),
                     VerticalStripe(sink_frames=int(sink), stride=window + 1, text_dense=text_dense),
                     Textural(stride=window + 1, granule=band + 1, half_width=band * 3, text_dense=text_dense)):
-        lay = pattern.layout(g, block_m=16, block_n=32)
-        assert torch.equal(lay.to_dense_mask()[0, 0], pattern.dense_mask(g))
+        assert_layout_is_mask(pattern, g, 16, 32)
 
 
 def test_render_mask(tmp_path):

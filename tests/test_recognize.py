@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import WanTransformer3DModel
 
 import headsparse
 from headsparse.kernels import layout_reference
 from headsparse.kernels.layout import BLOCK_FULL
 from headsparse.patterns import Dense, Geometry, PooledBlocks
 from headsparse.patterns.recognize import Recognizer, default_candidates, recognition_layout
-from headsparse.testing import KINDS, plant_wan, planted_qkv
+from headsparse.testing import EXPECTED_PATTERN, KINDS, plant_wan, planted_qkv, random_kinds, tiny_planted_wan
 
-# Planted kind -> the pattern family that should be recognised.
-FAMILY = {"spatial": "spatial", "temporal": "temporal", "neighborhood": "neighborhood", "global": "dense"}
 GEOMETRIES = [
     Geometry(5, 16, 16),
     Geometry(4, 16, 24, text_len=20, text_position="prefix"),
     Geometry(6, 12, 20, text_len=12, text_position="suffix"),
 ]
-
-
-def _labels(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [KINDS[int(i)] for i in torch.randint(len(KINDS), (n,), generator=g)]
 
 
 def test_planted_heads_attend_as_labelled():
@@ -45,18 +37,18 @@ def test_planted_heads_attend_as_labelled():
 def test_recognition_accuracy_over_three_geometries():
     correct = total = 0
     for i, g in enumerate(GEOMETRIES):
-        kinds = _labels(16, seed=i)
+        kinds = random_kinds(1, 16, seed=i)[0]
         q, k, v = planted_qkv(g, kinds, head_dim=64, seed=i)
         rec = Recognizer().recognize(q, k, v, g, block=64)
         for kind, pattern in zip(kinds, rec.heads, strict=True):
-            correct += FAMILY[kind] == pattern.name
+            correct += EXPECTED_PATTERN[kind] == pattern.name
             total += 1
     assert correct / total >= 0.95, f"accuracy {correct}/{total}"
 
 
 def test_auto_layout_beats_every_fixed_pattern():
     g = GEOMETRIES[1]
-    kinds = _labels(12, seed=7)
+    kinds = random_kinds(1, 12, seed=7)[0]
     q, k, v = planted_qkv(g, kinds, head_dim=64, seed=7)
     dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
@@ -115,17 +107,6 @@ def test_pooled_block_selection():
 # ---------------------------------------------------------------------------------------------- plugin
 
 
-def _planted_wan(labels):
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=16, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=64,
-    ).eval()
-    plant_wan(model, labels)
-    return model
-
-
 LABELS_A = [["spatial", "temporal", "neighborhood", "global"], ["temporal", "spatial", "global", "neighborhood"]]
 LABELS_B = [["temporal", "spatial", "global", "neighborhood"], ["spatial", "temporal", "neighborhood", "global"]]
 
@@ -141,8 +122,8 @@ def _families(handle, layer):
     return [p.name for p in handle.states["transformer"].heads_now(layer)]
 
 
-def test_auto_patch_on_planted_wan():
-    model = _planted_wan(LABELS_A)
+def test_auto_patch_ontiny_planted_wan():
+    model = tiny_planted_wan(LABELS_A)
     ref, warm = _call(model, 900), _call(model, 950)
     fixed = {}
     for pattern in ("spatial", "temporal"):
@@ -152,7 +133,7 @@ def test_auto_patch_on_planted_wan():
         assert torch.equal(_call(model, 950), warm)  # the warm-up step runs dense
         out = _call(model, 900)
         for layer in range(2):
-            assert _families(handle, layer) == [FAMILY[k] for k in LABELS_A[layer]]
+            assert _families(handle, layer) == [EXPECTED_PATTERN[k] for k in LABELS_A[layer]]
         rows = handle.summary(print_table=False)
         assert all(r["recognitions"] == 1 and r["recognition_ms"] > 0 for r in rows)
         plan = handle.recognized_plan()
@@ -165,25 +146,25 @@ def test_auto_patch_on_planted_wan():
 
 
 def test_re_recognition_follows_a_changing_head():
-    model = _planted_wan(LABELS_A)
+    model = tiny_planted_wan(LABELS_A)
     with headsparse.patch(model, "auto", block_size=64, recognizer=Recognizer(every=2)) as handle:
         _call(model, 900)
-        assert _families(handle, 0) == [FAMILY[k] for k in LABELS_A[0]]
+        assert _families(handle, 0) == [EXPECTED_PATTERN[k] for k in LABELS_A[0]]
         plant_wan(model, LABELS_B)  # the heads change their pattern
         _call(model, 800)  # within `every` steps: the decision is reused
-        assert _families(handle, 0) == [FAMILY[k] for k in LABELS_A[0]]
+        assert _families(handle, 0) == [EXPECTED_PATTERN[k] for k in LABELS_A[0]]
         _call(model, 700)  # re-recognised
-        assert _families(handle, 0) == [FAMILY[k] for k in LABELS_B[0]]
-        assert _families(handle, 1) == [FAMILY[k] for k in LABELS_B[1]]
+        assert _families(handle, 0) == [EXPECTED_PATTERN[k] for k in LABELS_B[0]]
+        assert _families(handle, 1) == [EXPECTED_PATTERN[k] for k in LABELS_B[1]]
         assert handle.states["transformer"].stats[0].recognitions == 2
         plant_wan(model, LABELS_A)
         _call(model, 900)  # a new generation starts: recognised again
-        assert _families(handle, 0) == [FAMILY[k] for k in LABELS_A[0]]
+        assert _families(handle, 0) == [EXPECTED_PATTERN[k] for k in LABELS_A[0]]
         assert handle.states["transformer"].stats[0].recognitions == 3
 
 
 def test_pooled_heads_in_a_static_plan():
-    model = _planted_wan(LABELS_A)
+    model = tiny_planted_wan(LABELS_A)
     ref = _call(model, 900)
     with headsparse.patch(model, pattern=PooledBlocks(keep=0.5), block_size=64) as handle:
         out = _call(model, 900)

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import WanTransformer3DModel
 
 import headsparse
 from headsparse.patterns import Dense, Geometry, Spatial, Temporal
 from headsparse.search import Calibration, CostModel, assign, search_candidates
-from headsparse.testing import KINDS, plant_wan
+from headsparse.testing import EXPECTED_PATTERN, plant_wan, random_kinds, tiny_planted_wan
 
-FAMILY = {"spatial": "spatial", "temporal": "temporal", "neighborhood": "neighborhood", "global": "dense"}
 BLOCKS = CostModel("blocks")
-
-
-def _model(labels, heads=4):
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=64, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=16, ffn_dim=64, num_layers=len(labels), cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
-    ).eval()
-    plant_wan(model, labels)
-    return model
 
 
 def _runner(model, timesteps=(900, 800), grid=(5, 16, 24), calls=None):
@@ -39,17 +26,12 @@ def _runner(model, timesteps=(900, 800), grid=(5, 16, 24), calls=None):
     return run
 
 
-def _labels(layers, heads, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [[KINDS[int(i)] for i in row] for row in torch.randint(len(KINDS), (layers, heads), generator=g)]
-
-
 def test_search_recovers_planted_heads_within_budget():
-    labels = _labels(3, 8, seed=3)
-    model = _model(labels, heads=8)
+    labels = random_kinds(3, 8, seed=3)
+    model = tiny_planted_wan(labels)
     plan = headsparse.search(model, _runner(model), budget=0.01, cost_model=BLOCKS, block_size=64, progress=False)
     mp = plan.transformers["transformer"]
-    right = sum(FAMILY[kind] == p.name for layer, row in zip(mp.layers, labels, strict=True)
+    right = sum(EXPECTED_PATTERN[kind] == p.name for layer, row in zip(mp.layers, labels, strict=True)
                 for kind, p in zip(row, layer.phases[0].heads, strict=True))
     assert right / 24 >= 0.95, right
     report = plan.settings["predicted"]["transformer"]["buckets"][0]
@@ -58,8 +40,8 @@ def test_search_recovers_planted_heads_within_budget():
 
 
 def test_searched_plan_beats_uniform_patterns_at_equal_time():
-    labels = _labels(2, 8, seed=5)
-    model = _model(labels, heads=8)
+    labels = random_kinds(2, 8, seed=5)
+    model = tiny_planted_wan(labels)
     run = _runner(model, timesteps=(900,))
     ref = run()[0]
     plan = headsparse.search(model, run, budget=0.01, cost_model=BLOCKS, block_size=64, progress=False)
@@ -83,7 +65,7 @@ def test_searched_plan_beats_uniform_patterns_at_equal_time():
 
 
 def test_plan_round_trip_density_and_other_resolution(tmp_path):
-    model = _model([["spatial", "temporal", "neighborhood", "global"]])
+    model = tiny_planted_wan([["spatial", "temporal", "neighborhood", "global"]])
     plan = headsparse.search(model, _runner(model), budget=0.01, cost_model=BLOCKS, block_size=64, progress=False)
     path = plan.save(tmp_path / "plan.json")
     loaded = headsparse.load_plan(path)
@@ -103,7 +85,7 @@ def test_plan_round_trip_density_and_other_resolution(tmp_path):
 
 def test_step_buckets_follow_changing_heads():
     a, b = [["spatial", "temporal"]], [["temporal", "spatial"]]
-    model = _model(a, heads=2)
+    model = tiny_planted_wan(a)
     run_a, run_b = _runner(model, timesteps=(900,)), _runner(model, timesteps=(800,))
 
     def run():
@@ -121,7 +103,7 @@ def test_step_buckets_follow_changing_heads():
 
 
 def test_search_resumes_from_its_cache(tmp_path):
-    model = _model([["spatial", "temporal"]], heads=2)
+    model = tiny_planted_wan([["spatial", "temporal"]])
     calls: list[int] = []
     first = _runner(model, calls=calls)
 
@@ -193,10 +175,10 @@ def test_search_a_tiny_pipeline():
 
 
 def test_plan_for_another_model_size_is_refused_by_config_hash():
-    model = _model([["spatial", "temporal"]], heads=2)
+    model = tiny_planted_wan([["spatial", "temporal"]])
     plan = headsparse.search(model, _runner(model), cost_model=BLOCKS, block_size=64, progress=False)
     assert plan.transformers["transformer"].config_hash is not None
-    other = _model([["spatial", "temporal"]], heads=2)
+    other = tiny_planted_wan([["spatial", "temporal"]])
     other.register_to_config(ffn_dim=128)  # same layers and heads, another variant
     with pytest.raises(ValueError, match="config hash"):
         headsparse.patch(other, plan)

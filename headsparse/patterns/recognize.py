@@ -22,6 +22,7 @@ from headsparse.kernels.layout import Layout
 from headsparse.patterns.base import Pattern
 from headsparse.patterns.dense import Dense
 from headsparse.patterns.geometry import Geometry
+from headsparse.patterns.layer import heads_layout
 from headsparse.patterns.neighborhood import Neighborhood
 from headsparse.patterns.pooled import PooledBlocks
 from headsparse.patterns.spatial import Spatial
@@ -196,11 +197,4 @@ class Recognizer:
 
 def recognition_layout(rec: Recognition, geometry: Geometry, block: int) -> Layout:
     """One multi-head Layout for a recognised layer (pooled heads keep the blocks chosen then)."""
-    parts = []
-    for h, pattern in enumerate(rec.heads):
-        if h in rec.pooled_kinds:
-            parts.append(Layout.from_block_kinds(rec.pooled_kinds[h][None], None, q_len=geometry.seq_len,
-                                                 kv_len=geometry.seq_len, block_m=block, block_n=block))
-        else:
-            parts.append(pattern.layout(geometry, num_heads=1, block_m=block, block_n=block))
-    return parts[0] if len(parts) == 1 else Layout.concat_heads(parts)
+    return heads_layout(rec.heads, geometry, block, rec.pooled_kinds)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from headsparse.kernels import Layout, sparse_attention
 from headsparse.kernels.sparse_attention import Backend
 from headsparse.patterns import Dense, Geometry, Pattern
+from headsparse.patterns.layer import heads_layout
 from headsparse.patterns.recognize import Recognition, Recognizer, recognition_layout
 from headsparse.plan import ModelPlan
 from headsparse.plugin.spec import Grid, ModelSpec
@@ -116,11 +117,10 @@ class TransformerState:
 
     def heads_now(self, layer: int) -> tuple[Pattern, ...]:
         """The layer's patterns at the current step (in auto mode: the last recognised ones)."""
-        num_steps = self.tracker.num_steps()
-        if self.recognizer is not None and not self.plan.in_warmup(layer, self.step, num_steps):
+        if self.auto_now(layer):
             decision = self.decisions.get(layer)
             return decision.recognition.heads if decision else (Dense(),) * self.plan.num_heads
-        return self.plan.heads_at(layer, self.step, num_steps)
+        return self.plan.heads_at(layer, self.step, self.tracker.num_steps())
 
     def auto_now(self, layer: int) -> bool:
         return self.recognizer is not None and not self.plan.in_warmup(layer, self.step, self.tracker.num_steps())
@@ -152,27 +152,17 @@ def make_pre_hook(state: TransformerState) -> Callable[..., None]:
 
 def dynamic_layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, q: Tensor, k: Tensor) -> Layout:
     """A layer whose heads include dynamic patterns (pooled): built from this call's q/k (item 0)."""
-    parts = []
-    for h, p in enumerate(heads):
-        if getattr(p, "dynamic", False):
-            parts.append(p.layout_from_qk(q[0, h : h + 1], k[0, h : h + 1], geometry, block))  # type: ignore[attr-defined]
-        else:
-            parts.append(p.layout(geometry, num_heads=1, block_m=block, block_n=block))
-    return Layout.concat_heads(parts).to(q.device)
+    kinds = {
+        h: p.block_kinds_from_qk(q[0, h : h + 1], k[0, h : h + 1], geometry, block)[0]  # type: ignore[attr-defined]
+        for h, p in enumerate(heads) if getattr(p, "dynamic", False)
+    }
+    return heads_layout(heads, geometry, block, kinds).to(q.device)
 
 
 @functools.lru_cache(maxsize=512)
 def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, device: str) -> Layout:
-    """The multi-head Layout of a layer: runs of equal patterns share one repeated layout."""
-    runs: list[tuple[Pattern, int]] = []
-    for p in heads:
-        if runs and runs[-1][0] == p:
-            runs[-1] = (p, runs[-1][1] + 1)
-        else:
-            runs.append((p, 1))
-    parts = [p.layout(geometry, num_heads=n, block_m=block, block_n=block) for p, n in runs]
-    layout = parts[0] if len(parts) == 1 else Layout.concat_heads(parts)
-    return layout.to(device)
+    """The multi-head Layout of a layer of static patterns on ``device`` (cached)."""
+    return heads_layout(heads, geometry, block).to(device)
 
 
 def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:

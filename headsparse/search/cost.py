@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from headsparse.kernels import sparse_attention
 from headsparse.patterns import Dense, Geometry, Pattern
 from headsparse.plan import pattern_to_dict
+from headsparse.timing import best_time
 
 
 def device_name(device: torch.device | str) -> str:
@@ -35,22 +35,6 @@ def device_name(device: torch.device | str) -> str:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("HEADSPARSE_CACHE", Path.home() / ".cache" / "headsparse"))
-
-
-def _best_time(fn, repeats: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @dataclass
@@ -102,7 +86,7 @@ class CostModel:
             q, k, v = (torch.randn(1, heads, geometry.seq_len, head_dim, generator=gen).to(device, self.dtype)
                        for _ in range(3))
             with torch.no_grad():
-                dense = _best_time(lambda: F.scaled_dot_product_attention(q, k, v), self.repeats, device)
+                dense = best_time(lambda: F.scaled_dot_product_attention(q, k, v), self.repeats, device)
                 new = {}
                 for i in missing:
                     p = patterns[i]
@@ -110,7 +94,7 @@ class CostModel:
                         new[keys[i]] = 1.0
                         continue
                     layout = p.layout(geometry, num_heads=heads, block_m=block, block_n=block)
-                    new[keys[i]] = _best_time(lambda layout=layout: sparse_attention(q, k, v, layout), self.repeats,
+                    new[keys[i]] = best_time(lambda layout=layout: sparse_attention(q, k, v, layout), self.repeats,
                                               device) / dense
             self._costs.update(new)
             self._store(new)

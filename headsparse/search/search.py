@@ -136,13 +136,13 @@ def _plan_from(cal: Calibration, template: ModelPlan, cost_model: CostModel,
     dense = next(i for i, p in enumerate(cal.candidates) if isinstance(p, Dense))
     phases: list[list[Phase]] = [[] for _ in range(cal.num_layers)]
     report = []
+    density = torch.tensor([_density(p, g, block) for p in cal.candidates], dtype=torch.float64)
     for b, start in enumerate(cal.buckets):
         seen = cal.counts[b] > 0  # [L]
         choice = torch.full((cal.num_layers, cal.num_heads), dense, dtype=torch.long)
         if seen.any():
             choice[seen] = assign(errors[b][seen], costs, *budgets)
         err = torch.where(seen[:, None], errors[b].gather(-1, choice[..., None])[..., 0], torch.zeros(()))
-        density = torch.tensor([_density(p, g, block) for p in cal.candidates], dtype=torch.float64)
         report.append({"from_step": start, "mean_error": float(err.mean()),
                        "relative_time": float(costs[choice].mean()), "density": float(density[choice].mean()),
                        "layer_error": [round(float(x), 5) for x in err.mean(-1)]})

@@ -1,5 +1,5 @@
 """Test and benchmark helpers shipped with the package: models and inputs with planted head patterns."""
 
-from headsparse.testing.planted import KINDS, plant_wan, planted_qkv
+from headsparse.testing.planted import EXPECTED_PATTERN, KINDS, plant_wan, planted_qkv, random_kinds, tiny_planted_wan
 
-__all__ = ["KINDS", "plant_wan", "planted_qkv"]
+__all__ = ["EXPECTED_PATTERN", "KINDS", "plant_wan", "planted_qkv", "random_kinds", "tiny_planted_wan"]

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from headsparse.patterns import Geometry
 
 KINDS = ("spatial", "temporal", "neighborhood", "global")
+# The pattern a correct recogniser or search gives each planted kind (global heads need dense).
+EXPECTED_PATTERN = {"spatial": "spatial", "temporal": "temporal", "neighborhood": "neighborhood", "global": "dense"}
 THETA = 10000.0
 
 
@@ -86,11 +88,16 @@ def head_vector(kind: str, head_dim: int, sharpness: float) -> Tensor:
     return c
 
 
+def random_kinds(layers: int, heads: int, seed: int) -> list[list[str]]:
+    """A reproducible random planted kind per (layer, head)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(KINDS), (layers, heads), generator=g)
+    return [[KINDS[int(i)] for i in row] for row in idx]
+
+
 def _labels(labels: Sequence[Sequence[str]] | str | None, layers: int, heads: int, seed: int) -> list[list[str]]:
     if labels is None:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(len(KINDS), (layers, heads), generator=g)
-        return [[KINDS[int(i)] for i in row] for row in idx]
+        return random_kinds(layers, heads, seed)
     if isinstance(labels, str):
         return [[labels] * heads for _ in range(layers)]
     rows = [list(r) for r in labels]
@@ -127,6 +134,22 @@ def plant_wan(model: nn.Module, labels: Sequence[Sequence[str]] | str | None = N
                 # RMSNorm(c) * w == c when w == rms(c) (every token has the same c).
                 norm.weight.fill_(rms if rms > 0 else 1.0)
     return rows
+
+
+def tiny_planted_wan(labels: Sequence[Sequence[str]], *, head_dim: int = 64, seed: int = 0) -> nn.Module:
+    """A small ``WanTransformer3DModel`` (one block per row of ``labels``, one head per entry) with
+    its heads planted; other weights random from ``seed`` (the global RNG is left as it was)."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=len(labels[0]), attention_head_dim=head_dim, in_channels=4,
+            out_channels=4, text_dim=16, freq_dim=16, ffn_dim=64, num_layers=len(labels), cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+        ).eval()
+    plant_wan(model, labels)
+    return model
 
 
 def wan_rotary(geometry: Geometry, head_dim: int) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,31 @@
+"""Timing a function the way every measurement in headsparse does: warm up, then best of N."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def best_time(fn: Callable[[], Any], repeats: int, device: torch.device | str = "cpu") -> float:
+    """Seconds of the fastest of ``repeats`` calls after one warm-up call (which also compiles).
+
+    CUDA work is synchronised around each call so the time covers the kernels, not their launch.
+    """
+    cuda = torch.device(device).type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
