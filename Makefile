@@ -24,9 +24,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check headsparse tests benchmarks
 
 demo: $(STAMP)
-	@echo "The embedded tiny video pipeline is not built yet (it lands with the pipelines issue)."
-	@echo "Until then the demo runs the attention kernels: dense SDPA vs headsparse, side by side."
-	$(PY) benchmarks/attention.py --quick
+	$(VENV)/bin/headsparse demo --out demo_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention.py

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from headsparse.kernels import BLOCK_FULL, BLOCK_PARTIAL, Layout, sparse_attention
 from headsparse.kernels.sparse_attention import choose_backend
-from headsparse.timing import best_time
+from headsparse.timing import best_time, device_name
 
 TOKENS_PER_FRAME = 30 * 52
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -98,21 +97,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
     if args.device == "cuda":
         device = f"GPU {torch.cuda.get_device_name()}"
     else:
-        device = f"CPU ({_cpu_model()}, {torch.get_num_threads()} threads)"
+        device = f"CPU ({device_name()}, {torch.get_num_threads()} threads)"
     lines = [
         f"# Attention: dense SDPA vs headsparse ({args.device})",
         "",

@@ -28,10 +28,10 @@ import headsparse
 from headsparse.patterns import Geometry, Spatial, Temporal
 from headsparse.patterns.recognize import Recognizer, recognition_layout
 from headsparse.testing import EXPECTED_PATTERN, plant_wan, planted_qkv, random_kinds
-from headsparse.timing import best_time
+from headsparse.timing import best_time, device_name
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model
+from attention import DTYPES
 from pipeline import add_model_arguments, model_and_step
 
 
@@ -109,7 +109,7 @@ def model_rows(args: argparse.Namespace) -> list[dict]:
 
 def to_markdown(att: list[dict], mod: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        f"# plan=\"auto\" on planted heads (CPU: {_cpu_model()}, {torch.get_num_threads()} threads)",
+        f"# plan=\"auto\" on planted heads (CPU: {device_name()}, {torch.get_num_threads()} threads)",
         "",
         f"`python benchmarks/online.py {' '.join(sys.argv[1:])}`, {args.dtype}, {args.heads} heads x {args.head_dim}, "
         f"block {args.block}. Times are min of {args.repeats} after a warm-up, dense and sparse side by side in one "

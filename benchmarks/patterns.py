@@ -33,10 +33,10 @@ from headsparse.patterns import (
     VerticalStripe,
 )
 from headsparse.patterns.base import clear_layout_cache
-from headsparse.timing import best_time
+from headsparse.timing import best_time, device_name
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model
+from attention import DTYPES
 
 PATTERNS = [
     Spatial(), Spatial(frame_band=1), Temporal(), Temporal(spatial_window=3, frame_window=8),
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Patterns at a Wan-like grid: density, layout build time, attention time vs dense",
         "",
-        f"Device: CPU ({_cpu_model()}, {torch.get_num_threads()} threads), torch {torch.__version__}. "
+        f"Device: CPU ({device_name()}, {torch.get_num_threads()} threads), torch {torch.__version__}. "
         f"Geometry {g.frames}x{g.height}x{g.width} ({g.seq_len} tokens), B=1, H={args.heads}, D={args.head_dim}, "
         f"{args.dtype}, blocks 128. Dense SDPA {dense:.2f} s. Min of {args.repeats} runs after a warm-up.",
         "",

@@ -23,10 +23,10 @@ import torch
 import headsparse
 from headsparse.patterns import Spatial, Temporal
 from headsparse.plan import LayerPlan, ModelPlan, Phase
-from headsparse.timing import best_time
+from headsparse.timing import best_time, device_name
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model
+from attention import DTYPES
 
 
 def build_model(layers: int, dtype: torch.dtype, *, hidden_heads: int = 12, head_dim: int = 128,
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model, step = model_and_step(args, (args.frames, args.height, args.width))
     tokens = args.frames * args.height * args.width
     print(f"Wan-like transformer: {args.layers} blocks, {args.heads}x{args.head_dim} heads, "
-          f"{args.frames}x{args.height}x{args.width} = {tokens} tokens, {args.dtype}, {_cpu_model()}")
+          f"{args.frames}x{args.height}x{args.width} = {tokens} tokens, {args.dtype}, {device_name()}")
 
     dense_before = best_time(step, args.repeats)
     dense_out = step().float()
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def to_markdown(rows: list[dict], args: argparse.Namespace, tokens: int) -> str:
     head = (
-        f"# Wan-like transformer step, dense vs headsparse.patch (CPU: {_cpu_model()}, {torch.get_num_threads()} "
+        f"# Wan-like transformer step, dense vs headsparse.patch (CPU: {device_name()}, {torch.get_num_threads()} "
         f"threads)\n\n"
         f"`python benchmarks/pipeline.py {' '.join(sys.argv[1:])}`: WanTransformer3DModel with random weights, "
         f"{args.layers} blocks, {args.heads} heads x {args.head_dim}, FFN {args.ffn}, text {args.text_len}x"

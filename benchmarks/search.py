@@ -23,10 +23,10 @@ import headsparse
 from headsparse.patterns import Geometry, Neighborhood, PooledBlocks, Spatial, Temporal, Textural
 from headsparse.search import CostModel
 from headsparse.testing import EXPECTED_PATTERN, plant_wan
-from headsparse.timing import best_time
+from headsparse.timing import best_time, device_name
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import DTYPES, _cpu_model
+from attention import DTYPES
 from online import psnr, rel_l2
 from pipeline import add_model_arguments, model_and_step
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                      "ratio": t / dense_t, "psnr": psnr(out, dense), "rel_l2": rel_l2(out, dense)})
         print(rows[-1])
     lines = [
-        f"# headsparse.search on a planted Wan transformer (CPU: {_cpu_model()}, {torch.get_num_threads()} threads)",
+        f"# headsparse.search on a planted Wan transformer (CPU: {device_name()}, {torch.get_num_threads()} threads)",
         "",
         f"`python benchmarks/search.py {' '.join(argv)}`: WanTransformer3DModel, {args.layers} blocks, {args.heads} "
         f"heads x {args.head_dim}, FFN {args.ffn}, grid {f}x{h}x{w} = {f * h * w} tokens, {args.dtype}, planted "

@@ -1,8 +1,17 @@
-"""The ``headsparse`` command: ``search`` writes a plan for a local pipeline, ``inspect`` shows one."""
+"""The ``headsparse`` command.
+
+``generate`` runs a pipeline dense and/or with headsparse and reports speed and fidelity; ``demo``
+does that on the embedded tiny pipeline; ``search`` writes a per-head plan for a local pipeline;
+``inspect`` shows a plan; ``bench`` runs a benchmark script and prints its table.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,9 +70,173 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or no distributed run): the process that prints and writes files."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(text: str) -> None:
+    if is_main_process():
+        print(text, flush=True)
+
+
+def _parse_value(text: str):
+    """A pattern parameter from the command line: JSON, true/false, or comma-separated numbers."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if "," in text:
+        return tuple(_parse_value(t) for t in text.split(","))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+        params[key.replace("-", "_")] = _parse_value(value)
+    return params
+
+
+def _dense_steps(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def _request(args: argparse.Namespace):
+    from headsparse.pipelines import GenerateRequest
+
+    modes = (("dense", args.dense), ("pattern", args.pattern), ("plan", args.plan), ("auto", args.auto))
+    mode = next((name for name, given in modes if given), None)
+    return GenerateRequest(
+        model=args.model, prompt=args.prompt, out=Path(args.out or f"outputs/{args.model}"),
+        model_path=args.model_path, mode=mode, pattern=args.pattern, pattern_params=_parse_params(args.param),
+        plan=args.plan, negative_prompt=args.negative_prompt, steps=args.steps, frames=args.frames,
+        height=args.height, width=args.width, guidance=args.guidance, seed=args.seed,
+        dtype=DTYPES.get(args.dtype, args.dtype) if args.dtype else None, device=args.device,
+        dense_steps=args.dense_steps, dense_layers=args.dense_layers, backend=args.backend,
+        compare_dense=args.compare_dense, cpu_offload=args.cpu_offload, progress=not args.quiet,
+        warmup=not args.no_warmup,
+    )
+
+
+def _run_generate(request) -> int:
+    from headsparse.pipelines import GenerateError, generate
+
+    try:
+        report = generate(request)
+    except GenerateError as exc:
+        print(f"headsparse: error: {exc}", file=sys.stderr)
+        return 2
+    _say(Path(report["files"]["report"]).read_text())
+    _say(f"wrote {', '.join(report['files'].values())}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    try:
+        request = _request(args)
+    except ValueError as exc:
+        print(f"headsparse: error: {exc}", file=sys.stderr)
+        return 2
+    return _run_generate(request)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from headsparse.pipelines import GenerateRequest, preset_for
+
+    _say("headsparse demo: " + preset_for("tiny").notes + ".\nRunning it dense and with headsparse "
+         "(online recognition) from the same seed on this machine...")
+    return _run_generate(GenerateRequest(model="tiny", prompt=args.prompt, out=Path(args.out), steps=args.steps,
+                                         compare_dense=True, progress=not args.quiet))
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _bench(args: argparse.Namespace) -> int:
+    scripts = sorted(p.stem for p in BENCHMARKS.glob("*.py")) if BENCHMARKS.is_dir() else []
+    if not scripts:
+        print("headsparse: error: the benchmarks ship with the source checkout (benchmarks/ next to the package); "
+              "clone the repository to run them", file=sys.stderr)
+        return 2
+    if args.list or args.name is None:
+        _say("benchmarks: " + ", ".join(scripts) + "\nrun one with: headsparse bench NAME [its options, e.g. --help]")
+        return 0
+    if args.name not in scripts:
+        print(f"headsparse: error: unknown benchmark {args.name!r}; choose one of: {', '.join(scripts)}",
+              file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(BENCHMARKS / f"{args.name}.py"), *args.args])
+
+
+def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
+    from headsparse.pipelines import PRESETS
+
+    g.add_argument("--model", required=True, choices=list(PRESETS),
+                   help="model family (tiny: the embedded offline pipeline, no checkpoint needed)")
+    g.add_argument("--model-path", help="local folder of a diffusers pipeline (save_pretrained / hub snapshot layout)")
+    g.add_argument("--prompt", default="a red car on the moon")
+    g.add_argument("--negative-prompt")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--dense", action="store_true", help="run dense attention only (no headsparse)")
+    mode.add_argument("--pattern", help="one pattern for every head, e.g. spatial, temporal, neighborhood")
+    mode.add_argument("--plan", help="a plan JSON written by `headsparse search`")
+    mode.add_argument("--auto", action="store_true", help="recognise every head online (the default)")
+    g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a pattern parameter, e.g. --param kernel_size=3,9,9 (repeatable)")
+    g.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
+    g.add_argument("--frames", type=int, help="video frames (default: the model's preset)")
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", choices=sorted(DTYPES), help="default: the model's preset")
+    g.add_argument("--device", help="default: cuda when available, else cpu")
+    g.add_argument("--dense-steps", type=_dense_steps,
+                   help="leading steps run dense: a count (2) or a fraction (0.2); default: the preset")
+    g.add_argument("--dense-layers", type=int, help="leading layers run dense; default: the preset")
+    g.add_argument("--backend", default="auto", choices=["auto", "triton", "grouped", "flex", "masked"])
+    g.add_argument("--compare-dense", action="store_true",
+                   help="also run dense from the same seed: side-by-side video and a speed/fidelity report")
+    g.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (large models, small GPUs)")
+    g.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up run")
+    g.add_argument("--out", help="output folder (default: outputs/MODEL)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headsparse", description=__doc__)
+    parser = argparse.ArgumentParser(prog="headsparse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser(
+        "generate", help="generate a video/image with headsparse (and dense, to compare)",
+        description="Generate with a diffusers pipeline patched by headsparse. With --compare-dense the same seed "
+                    "also runs dense, and OUT gets both outputs, a side-by-side video and report.md/report.json "
+                    "(wall time, attention time and share, per-layer density, PSNR/SSIM per frame).",
+    )
+    _add_generate_arguments(g)
+    g.set_defaults(func=_generate)
+    d = sub.add_parser("demo", help="dense vs headsparse on the embedded tiny pipeline (offline, CPU, ~1-2 min)")
+    d.add_argument("--out", default="demo_output")
+    d.add_argument("--prompt", default="a red car on the moon")
+    d.add_argument("--steps", type=int)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_demo)
+    b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ and print its table")
+    b.add_argument("name", nargs="?", help="benchmark name (see --list)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
+    b.add_argument("--list", action="store_true")
+    b.set_defaults(func=_bench)
     s = sub.add_parser("search", help="calibrate a local pipeline and write a per-head plan")
     s.add_argument("--model-path", required=True, help="folder of a diffusers pipeline (save_pretrained layout)")
     s.add_argument("--prompts", required=True, help="text file, one prompt per line")
@@ -98,6 +271,7 @@ def _cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)
 
 

@@ -175,6 +175,24 @@ def test_auto_backend_choice_on_cpu():
         assert choose_backend(torch.randn(1, 2, 1024, 64), frames) == "grouped"
 
 
+def test_mixed_layer_splits_heads_by_executor_on_cpu():
+    """A layer of a dense, a frame-grouped and a scattered head runs each through its own executor."""
+    ids = torch.arange(1024) // 512
+    frames = (ids[:, None] == ids[None, :])
+    scattered = make_layout(1, 1, 1024, 1024, 0.1, 64, 64, empty_rows=False).to_dense_mask()[0, 0]
+    mask = torch.stack([torch.ones(1024, 1024, dtype=torch.bool), frames, scattered])
+    lay = Layout.from_dense_mask(mask, block_m=64, block_n=64)
+    from headsparse.kernels.sparse_attention import cpu_head_groups
+
+    q, k, v = qkv(2, 3, 1024, 1024, 32, torch.float32)
+    with torch.no_grad():
+        assert choose_backend(q, lay) == "per-head"
+        assert [(c, h) for c, h, _ in cpu_head_groups(lay)] == [("sdpa", [0]), ("grouped", [1]), ("flex", [2])]
+        assert_matches_reference(q, k, v, lay, "auto", ATOL[torch.float32])
+        one = lay.select_heads([2, 0])
+        assert one.num_heads == 2 and torch.equal(one.to_dense_mask()[0], lay.to_dense_mask()[0, [2, 0]])
+
+
 def test_skipped_head_gives_zeros_not_nan():
     mask = torch.ones(1, 2, 96, 96, dtype=torch.bool)
     mask[:, 1] = False  # a head with an empty key list everywhere

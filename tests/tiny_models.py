@@ -27,11 +27,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import (
     AutoencoderKLCogVideoX,
-    AutoencoderKLWan,
     CogVideoXDDIMScheduler,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
-    FlowMatchEulerDiscreteScheduler,
     FluxTransformer2DModel,
     HunyuanVideoTransformer3DModel,
     LTXVideoTransformer3DModel,
@@ -42,7 +40,9 @@ from diffusers import (
 )
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
-from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
+from transformers import T5EncoderModel
+
+from headsparse.pipelines.tiny import build_tiny_wan_pipeline, t5_encoder_config, tiny_t5_tokenizer
 
 CASE_NAMES: tuple[str, ...] = ("wan", "cogvideox", "hunyuan_video", "ltx_video", "mochi", "flux", "sd3")
 
@@ -531,70 +531,13 @@ def build(name: str, seed: int = 0) -> TinyCase:
 
 
 # ----------------------------------------------------------------------------------------------------- pipelines
-_WORDS = ("a", "cat", "dog", "dance", "monkey", "on", "the", "moon", "red", "blue", "car", "tree", "sky", "sea")
-
-
-def tiny_t5_tokenizer() -> T5Tokenizer:
-    """A T5 (Unigram) tokenizer from an in-memory vocabulary: specials, a few words, single characters."""
-    pieces = ["<pad>", "</s>", "<unk>", "▁"] + [f"▁{w}" for w in _WORDS] + list("abcdefghijklmnopqrstuvwxyz")
-    vocab = [(piece, 0.0 if i < 3 else -float(i)) for i, piece in enumerate(pieces)]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
-def _t5_config(vocab_size: int, config_cls: type[T5Config] | type[UMT5Config] = T5Config) -> T5Config | UMT5Config:
-    """A 2-layer, 32-wide T5 encoder config."""
-    return config_cls(
-        vocab_size=vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        dropout_rate=0.0,
-        is_encoder_decoder=False,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-
-
 def build_wan_pipeline(seed: int = 0) -> WanPipeline:
-    """A tiny WanPipeline (UMT5 encoder, AutoencoderKLWan, flow-matching Euler) built offline.
+    """A tiny WanPipeline (UMT5 encoder, AutoencoderKLWan, flow-matching Euler) built offline: the package's
+    ``test`` size (2 heads of 16, 2 layers, random heads).
 
     Use height/width multiples of 16 and ``num_frames = 4k + 1``; CFG runs two batch-1 transformer calls.
     """
-    tokenizer = tiny_t5_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(
-            base_dim=3, z_dim=CHANNELS * 4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-        )  # fmt: skip
-        text_encoder = UMT5EncoderModel(_t5_config(len(tokenizer), UMT5Config))
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=HEADS,
-            attention_head_dim=HEAD_DIM,
-            in_channels=CHANNELS * 4,
-            out_channels=CHANNELS * 4,
-            text_dim=32,
-            freq_dim=32,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        )
-    pipe = WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder.eval(),
-        transformer=transformer.eval(),
-        vae=vae.eval(),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return build_tiny_wan_pipeline("test", seed)
 
 
 def build_cogvideox_pipeline(seed: int = 0) -> CogVideoXPipeline:
@@ -633,7 +576,7 @@ def build_cogvideox_pipeline(seed: int = 0) -> CogVideoXPipeline:
             norm_num_groups=2,
             temporal_compression_ratio=4,
         )
-        text_encoder = T5EncoderModel(_t5_config(len(tokenizer)))
+        text_encoder = T5EncoderModel(t5_encoder_config(len(tokenizer)))
     pipe = CogVideoXPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder.eval(),

@@ -383,6 +383,18 @@ class Layout:
             perm=None if self.perm is None else self.perm.expand(num_heads, -1).contiguous(),
         )
 
+    def select_heads(self, heads: list[int]) -> Layout:
+        """The layout of the listed heads only, in that order (sharing the mask table)."""
+        _check(len(heads) > 0 and all(0 <= h < self.num_heads for h in heads),
+               f"heads must be a non-empty list of indices below {self.num_heads}, got {heads}")
+        idx = torch.tensor(heads, device=self.device)
+        return Layout(
+            q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m, block_n=self.block_n,
+            full_num=self.full_num[:, idx], full_idx=self.full_idx[:, idx], part_num=self.part_num[:, idx],
+            part_idx=self.part_idx[:, idx], part_mask=self.part_mask[:, idx], mask_bits=self.mask_bits,
+            perm=None if self.perm is None else self.perm[idx],
+        )
+
     # ------------------------------------------------------------------ views and statistics
     def block_kinds(self) -> Tensor:
         """int8 [LB, H, MQ, NK] map of BLOCK_SKIP / BLOCK_PARTIAL / BLOCK_FULL (permuted positions)."""

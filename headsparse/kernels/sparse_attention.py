@@ -2,7 +2,8 @@
 
 CUDA tensors go to the Triton kernel. On CPU: a layout that keeps every pair runs plain SDPA; one
 whose query blocks share keys in large groups runs the grouped executor (batched SDPA per group);
-others run compiled FlexAttention. The eager masked executor serves gradients, the log-sum-exp
+others run compiled FlexAttention; a layer whose heads want different executors is split by head
+(dense heads run plain SDPA). The eager masked executor serves gradients, the log-sum-exp
 and a failed compile. The threshold is measured by ``benchmarks/attention.py``. The layout's
 token permutation is applied before and undone after, so callers see the original token order.
 """
@@ -78,11 +79,49 @@ def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> st
     needs_eager = return_lse or (torch.is_grad_enabled() and q.requires_grad)
     if needs_eager:
         return "masked"
+    if layout.num_heads > 1 and len(cpu_head_groups(layout)) > 1:
+        return "per-head"
+    return _cpu_executor(layout)
+
+
+def _cpu_executor(layout: Layout) -> str:
+    if layout.is_dense():
+        return "sdpa"
     if mean_group_rows(layout) >= CPU_GROUPED_MIN_ROWS:
         return "grouped"
     # Masked dense SDPA never beat FlexAttention on this CPU (at 75% of blocks: 1.60 vs 1.19 of
     # dense), so it only serves where compile fails.
     return "masked" if _flex_compile_failed else "flex"
+
+
+def cpu_head_groups(layout: Layout) -> list[tuple[str, list[int], Layout]]:
+    """(executor, heads, their layout) for the heads of a layer, grouped by the CPU executor each wants.
+
+    A layer mixing patterns (dense, spatial, temporal, neighbourhood heads...) would otherwise run
+    every head through the executor that suits the mix as a whole: dense heads through masked flex
+    tiles, frame-grouped heads without their large SDPA tiles. Cached on the layout.
+    """
+    if "cpu_head_groups" not in layout._cache:
+        by_choice: dict[str, list[int]] = {}
+        for h in range(layout.num_heads):
+            by_choice.setdefault(_cpu_executor(layout.select_heads([h])), []).append(h)
+        layout._cache["cpu_head_groups"] = [
+            (choice, heads, layout if len(by_choice) == 1 else layout.select_heads(heads))
+            for choice, heads in by_choice.items()
+        ]
+    return layout._cache["cpu_head_groups"]
+
+
+def _per_head_groups(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: float | None) -> Tensor:
+    out = torch.empty_like(q)
+    for choice, heads, sub in cpu_head_groups(layout):
+        idx = torch.tensor(heads, device=q.device)
+        qs, ks, vs = q[:, idx], k[:, idx], v[:, idx]
+        if choice == "sdpa":
+            out[:, idx] = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
+        else:
+            out[:, idx] = sparse_attention(qs, ks, vs, sub, scale=scale, backend=choice)  # type: ignore[arg-type]
+    return out
 
 
 def sparse_attention(
@@ -100,6 +139,8 @@ def sparse_attention(
     chosen = choose_backend(q, layout, return_lse=return_lse) if backend == "auto" else backend
     if chosen == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    if chosen == "per-head":
+        return _per_head_groups(q, k, v, layout, scale)
     if layout.perm is not None:
         q, k, v = (permute_tokens(t, layout.perm) for t in (q, k, v))
     if chosen == "triton":

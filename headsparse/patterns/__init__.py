@@ -1,5 +1,6 @@
 """Pattern engines: a Geometry in, a Layout out, each with its exact token-level mask."""
 
+from headsparse.patterns.agent import Agent
 from headsparse.patterns.base import Pattern
 from headsparse.patterns.dense import Dense, Skip
 from headsparse.patterns.diagonal import Diagonal, MultiDiagonal
@@ -14,6 +15,7 @@ from headsparse.patterns.temporal import Temporal
 
 __all__ = [
     "PATTERNS",
+    "Agent",
     "Dense",
     "Diagonal",
     "Geometry",

@@ -1,9 +1,16 @@
-"""``patch`` / ``unpatch`` / ``summary``: the one-line front door for diffusers pipelines.
+"""``patch`` / ``unpatch`` / ``summary``: the one-line front door for diffusers pipelines and ViTs.
 
 ``patch`` finds the pipeline's transformers, checks everything (model class, processors, plan
 fit) before touching anything, then swaps each self-attention module's processor for a rebound
 copy whose attention call goes through a router, and adds a forward pre-hook that reads the token
 grid and the step. ``unpatch`` puts the original processor objects back and removes the hook.
+Families without diffusers processors (timm, transformers) do the swap through their spec's
+:class:`~headsparse.plugin.spec.AttentionAdapter`; everything else is shared.
+
+Context parallelism (diffusers ``enable_parallelism``, before or after ``patch``): Ulysses runs
+sparse; ring attention and ``ulysses_anything`` are not refused but run dense, with a warning
+(here when the model already has its parallel config, else on its first attention call); see
+:mod:`headsparse.plugin.context_parallel`.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ from headsparse.plan import (
     load_plan,
     resolve_dense_layers,
 )
-from headsparse.plugin import diffusers_image, diffusers_video  # noqa: F401  (registers the specs)
+from headsparse.plugin import (  # noqa: F401  (registers the specs)
+    diffusers_image,
+    diffusers_unet,
+    diffusers_video,
+    vit_timm,
+    vit_transformers,
+)
+from headsparse.plugin.context_parallel import cp_config, unsupported_reason
 from headsparse.plugin.rebind import attention_call_style, is_rebound, original_processor, rebind_processor
 from headsparse.plugin.runtime import (
     STATE_ATTR,
@@ -82,6 +96,11 @@ def _check_supported(key: str, model: nn.Module) -> tuple[ModelSpec, list[tuple[
         raise TypeError(
             f"{type(model).__name__} ({key}) has no self-attention modules matching {spec.self_attention!r}"
         )
+    spec.geometry_target(model)
+    if spec.adapter is not None:
+        for name, module in modules:
+            spec.adapter.check(model, name, module)
+        return spec, modules
     for name, module in modules:
         proc = original_processor(getattr(module, "processor", None))
         proc_name = type(proc).__name__
@@ -95,10 +114,17 @@ def _check_supported(key: str, model: nn.Module) -> tuple[ModelSpec, list[tuple[
 
 
 def _heads_of(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> int:
-    counts = {int(m.heads) for _, m in modules}
+    spec = spec_for(model)
+    adapter = spec.adapter if spec is not None else None
+    counts = {adapter.num_heads(m) if adapter is not None else int(m.heads) for _, m in modules}
     if len(counts) != 1:
         raise TypeError(f"{type(model).__name__}: self-attention modules disagree on the head count: {sorted(counts)}")
     return counts.pop()
+
+
+# Config keys that describe a checkpoint's origin or dtype, not its architecture (transformers).
+_NOT_ARCHITECTURE = frozenset({"transformers_version", "architectures", "dtype", "torch_dtype", "name_or_path",
+                               "output_attentions", "output_hidden_states", "return_dict"})
 
 
 def config_hash(model: nn.Module) -> str | None:
@@ -106,7 +132,8 @@ def config_hash(model: nn.Module) -> str | None:
     config = getattr(model, "config", None)
     if config is None:
         return None
-    items = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # transformers configs are no mappings
+    items = {k: v for k, v in raw.items() if not str(k).startswith("_") and k not in _NOT_ARCHITECTURE}
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -228,6 +255,12 @@ class PatchHandle:
             for i, (name, _) in enumerate(state.modules):
                 decision = state.decisions.get(i)
                 heads = decision.recognition.heads if decision else (Dense(),) * state.plan.num_heads
+                if len(heads) != state.plan.num_heads:
+                    raise RuntimeError(
+                        f"{key} layer {i} was recognised for {len(heads)} of its {state.plan.num_heads} heads: under "
+                        "Ulysses context parallelism each process recognises only its own heads; recognise on one "
+                        "process to save a plan"
+                    )
                 layers.append(LayerPlan(name, (Phase(0, heads),)))
             p = state.plan
             plans[key] = ModelPlan(p.model, p.num_heads, tuple(layers), p.grid, p.dense_steps, p.dense_layers,
@@ -275,7 +308,8 @@ def patch(
     recognizer: Recognizer | None = None,
     **pattern_params: Any,
 ) -> PatchHandle:
-    """Run the self-attention of ``target`` (a diffusers pipeline or transformer) sparsely.
+    """Run the self-attention of ``target`` (a diffusers pipeline or transformer, or a timm /
+    transformers Vision Transformer: see ``supported_classes()``) sparsely.
 
     ``plan``: a Plan, a ModelPlan or a path to a plan JSON. Or ``pattern``: one pattern (a name
     with ``**pattern_params``, or a Pattern) for every head. Or ``plan="auto"``: every head is
@@ -315,6 +349,9 @@ def patch(
                                  recognizer=recognizer, model=model)
         state.stats = [LayerStats() for _ in modules]
         for layer, (_, module) in enumerate(modules):
+            if spec.adapter is not None:
+                state.routers.append(spec.adapter.install(state, layer, module))
+                continue
             proc = module.processor
             style = attention_call_style(proc)
             if style == "dispatch":
@@ -326,7 +363,11 @@ def patch(
                 router = AttentionRouter(state, layer, "sdpa", F.scaled_dot_product_attention)
                 module.processor = rebind_processor(proc, sdpa=router)
             state.routers.append(router)
-        state.hook = model.register_forward_pre_hook(make_pre_hook(state), with_kwargs=True)
+        state.hook = spec.geometry_target(model).register_forward_pre_hook(make_pre_hook(state), with_kwargs=True)
+        cp = cp_config(getattr(model, "_parallel_config", None))
+        why = None if cp is None else unsupported_reason(cp)
+        if why is not None:
+            state.warn_once(f"running dense under context parallelism: {why}")
         setattr(model, STATE_ATTR, state)
         states[key] = state
     return PatchHandle(target, states)
@@ -341,8 +382,14 @@ def unpatch(target: Any) -> None:
         if state is None:
             continue
         for _, module in state.modules:
-            if is_rebound(module.processor):
-                module.processor = original_processor(module.processor)
+            if state.spec.adapter is not None:
+                state.spec.adapter.restore(module)
+            elif is_rebound(module.processor):
+                rebound = module.processor
+                module.processor = original_processor(rebound)
+                if getattr(rebound, "_parallel_config", None) is not None:
+                    # enable_parallelism ran after patch and configured the copy: keep its config.
+                    module.processor._parallel_config = rebound._parallel_config
         for router in state.routers:
             router.release()
         if state.hook is not None:
@@ -365,7 +412,9 @@ def summary(target: Any, *, print_table: bool = True) -> list[dict[str, Any]]:
     """Per transformer, layer and head: the pattern now in force, its density, and attention time.
 
     Density is measured on the last geometry the layer ran sparsely (None before that); time is
-    the layer's mean attention milliseconds per call when patched with ``profile=True``.
+    the layer's mean attention milliseconds per call when patched with ``profile=True``. Under
+    Ulysses context parallelism each process reports what it sees: every head of a static plan, but
+    in auto mode only the heads it recognised itself (its ``H / N``, numbered from 0).
     """
     if isinstance(target, PatchHandle):
         target = target.target

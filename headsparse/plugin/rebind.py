@@ -22,7 +22,7 @@ DISPATCH_NAME = "dispatch_attention_fn"
 ORIGINAL_ATTR = "_headsparse_original"
 
 
-def _functional_with(sdpa: Callable[..., Any]) -> types.ModuleType:
+def functional_with(sdpa: Callable[..., Any]) -> types.ModuleType:
     """A module object that is ``torch.nn.functional`` except for ``scaled_dot_product_attention``."""
     shim = types.ModuleType(F.__name__)
     shim.__dict__.update(F.__dict__)
@@ -59,7 +59,7 @@ def rebind_processor(
     if dispatch is not None:
         namespace[DISPATCH_NAME] = dispatch
     if sdpa is not None:
-        namespace["F"] = _functional_with(sdpa)
+        namespace["F"] = functional_with(sdpa)
     rebound = types.FunctionType(call.__code__, namespace, call.__name__, call.__defaults__, call.__closure__)
     rebound.__kwdefaults__ = call.__kwdefaults__
     rebound.__qualname__ = call.__qualname__

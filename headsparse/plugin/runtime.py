@@ -3,9 +3,15 @@
 State lives on the transformer (``_headsparse_state``); a forward pre-hook records the token grid
 and the denoising step before each call; each patched self-attention module gets a router that
 replaces its attention call, builds (and caches) the layer's multi-head Layout for the current
-geometry, and runs it through :func:`headsparse.kernels.sparse_attention`. Both the hook and the
+geometry, and runs it through :func:`headsparse.kernels.sparse_attention`; heads on agent attention
+run through :func:`headsparse.patterns.agent.agent_attention` instead (a layer may mix both: each
+executor gets its own heads, picked out of q/k/v). Both the hook and the
 router are excluded from ``torch.compile`` graphs (they keep Python state), so a compiled
 transformer traces everything else and breaks the graph only around attention.
+
+Under diffusers' Ulysses context parallelism (see :mod:`headsparse.plugin.context_parallel`) the
+router runs diffusers' all-to-all around the same routed op, which then holds the whole sequence
+for this rank's heads only (``head_offset``: the global index of its first head).
 """
 
 from __future__ import annotations
@@ -24,10 +30,18 @@ from torch import Tensor, nn
 
 from headsparse.kernels import Layout, sparse_attention
 from headsparse.kernels.sparse_attention import Backend
-from headsparse.patterns import Dense, Geometry, Pattern
+from headsparse.patterns import Agent, Dense, Geometry, Pattern
+from headsparse.patterns.agent import agent_attention
 from headsparse.patterns.layer import heads_layout
 from headsparse.patterns.recognize import Recognition, Recognizer, recognition_layout
 from headsparse.plan import ModelPlan
+from headsparse.plugin.context_parallel import (
+    cp_config,
+    joint_order,
+    ulysses_attention,
+    ulysses_head_offset,
+    unsupported_reason,
+)
 from headsparse.plugin.spec import Grid, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -116,7 +130,8 @@ class TransformerState:
             logger.warning("headsparse (%s): %s", self.spec.class_name, message)
 
     def heads_now(self, layer: int) -> tuple[Pattern, ...]:
-        """The layer's patterns at the current step (in auto mode: the last recognised ones)."""
+        """The layer's patterns at the current step (in auto mode: the last recognised ones, which under
+        Ulysses context parallelism are this process's heads only)."""
         if self.auto_now(layer):
             decision = self.decisions.get(layer)
             return decision.recognition.heads if decision else (Dense(),) * self.plan.num_heads
@@ -202,28 +217,31 @@ _CALL_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "s
 
 @torch.library.custom_op("headsparse::routed_attention", mutates_args=())
 def routed_attention(
-    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None, router: int
+    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None, router: int,
+    head_offset: int | None,
 ) -> Tensor:
     """One layer's self-attention, decided at run time from the plan, the step and the geometry.
 
     A custom op so that ``torch.compile`` keeps it whole in the graph: the decision (dense or which
-    layout) reads Python state that must not be traced or guarded on.
+    layout) reads Python state that must not be traced or guarded on. ``head_offset``: None when
+    the call holds all the layer's heads; under Ulysses, the global index of the first head it holds.
     """
-    return _ROUTERS[router].run(query, key, value, attn_mask, scale).contiguous()
+    return _ROUTERS[router].run(query, key, value, attn_mask, scale, head_offset).contiguous()
 
 
 @routed_attention.register_fake
 def _(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None,
-      router: int) -> Tensor:
+      router: int, head_offset: int | None) -> Tensor:
     return query.new_empty(query.shape)
 
 
 class AttentionRouter:
     """Stands in for one module's attention function; sparse when the plan and the call allow.
 
-    Calls that can never be sparse (cross-attention, dropout, causal, context parallel, a
-    non-key mask, autograd) go straight to the original function; the rest go through the
-    ``headsparse::routed_attention`` op, which decides per call.
+    Calls that can never be sparse (cross-attention, dropout, causal, a non-key mask, autograd,
+    ring context parallelism) go straight to the original function; the rest go through the
+    ``headsparse::routed_attention`` op, which decides per call (under Ulysses: inside diffusers'
+    all-to-all, on this rank's heads).
     """
 
     def __init__(self, state: TransformerState, layer: int, style: str, original: Callable[..., Any],
@@ -245,23 +263,56 @@ class AttentionRouter:
         q, k = call["query"], call["key"]
         seq_dim = 1 if self.style == "dispatch" else 2
         mask = call.get("attn_mask")
+        parallel = call.get("parallel_config")
+        cp = cp_config(parallel)
         static_dense = (
-            call.get("parallel_config") is not None
+            (parallel is not None and self.style != "dispatch")
             or call.get("dropout_p") or call.get("is_causal") or call.get("enable_gqa")
             or q.shape[seq_dim] != k.shape[seq_dim]
-            or (mask is not None and _key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None)
+            # Under context parallelism a mask covers this rank's keys only (diffusers gathers it): dense.
+            or (mask is not None and (cp is not None or _key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None))
             or (torch.is_grad_enabled() and q.requires_grad)
         )
         if static_dense:
             return self.original(*args, **kwargs)
-        return routed_attention(q, k, call["value"], mask, call.get("scale"), self.id)
+        scale = call.get("scale")
+        if cp is not None:
+            why = unsupported_reason(cp)
+            if why is not None:
+                self.state.warn_once(f"running dense under context parallelism: {why}")
+                return self.original(*args, **kwargs)
+            if self.state.observer is not None:
+                raise RuntimeError("headsparse.search calibrates every head in one process; run it without context "
+                                   "parallelism and apply the plan under it")
+            return ulysses_attention(q, k, call["value"], scale, parallel, functools.partial(self._ulysses, cp, scale))
+        # A parallel config that splits nothing (no context parallelism): an ordinary call.
+        return routed_attention(q, k, call["value"], mask, scale, self.id, None)
 
-    def run(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+    def _ulysses(self, cp: Any, scale: float | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """One rank's attention inside Ulysses: the whole sequence, this rank's heads, (B, S, H_local, D).
+
+        Joint text + grid sequences arrive rank-interleaved; they run in the model's token order.
+        """
+        offset = ulysses_head_offset(cp, q.shape[2])
+        geometry, _ = self._geometry(q)
+        order = None if geometry is None else joint_order(geometry, int(cp.ulysses_degree))
+        if order is None:
+            if geometry is not None and geometry.text_len:
+                self.state.warn_once(f"layer {self.layer}: {geometry.text_len} text and {geometry.video_len} grid "
+                                     f"tokens do not split evenly over {cp.ulysses_degree} ranks; running dense")
+                return self._dense(q, k, v, None, scale)
+            return routed_attention(q, k, v, None, scale, self.id, offset)
+        order = order.to(q.device)
+        out = routed_attention(q[:, order], k[:, order], v[:, order], None, scale, self.id, offset)
+        return out[:, torch.argsort(order)]
+
+    def run(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None,
+            head_offset: int | None = None) -> Tensor:
         state = self.state
         if not state.profile:
-            return self._route(q, k, v, mask, scale)
+            return self._route(q, k, v, mask, scale, head_offset)
         start = time.perf_counter()
-        out = self._route(q, k, v, mask, scale)
+        out = self._route(q, k, v, mask, scale, head_offset)
         if out.is_cuda:
             torch.cuda.synchronize(out.device)
         stats = state.stats[self.layer]
@@ -274,7 +325,20 @@ class AttentionRouter:
         return self.original(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale,
                              **self.original_kwargs)
 
-    def _route(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+    def _heads(self, auto: bool, count: int, head_offset: int | None) -> tuple[Pattern, ...]:
+        """The patterns of this call's heads: all the layer's, or ``count`` from ``head_offset`` (Ulysses).
+
+        In auto mode each process recognises only the heads it runs, so its decision holds exactly them.
+        """
+        heads = self.state.heads_now(self.layer)
+        if head_offset is None:
+            return heads
+        if auto:
+            return heads if self.layer in self.state.decisions else (Dense(),) * count
+        return heads[head_offset : head_offset + count]
+
+    def _route(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None,
+               head_offset: int | None) -> Tensor:
         state = self.state
         if state.observer is not None:
             geometry, _ = self._geometry(q, state.plan.num_heads)
@@ -284,7 +348,7 @@ class AttentionRouter:
                 state.observer(self.layer, state.step, qh, kh, vh, geometry)
             return self._dense(q, k, v, mask, scale)
         auto = state.auto_now(self.layer)
-        heads = state.heads_now(self.layer)
+        heads = self._heads(auto, q.shape[2 if self.style == "dispatch" else 1], head_offset)
         if not auto and all(isinstance(p, Dense) for p in heads):
             return self._dense(q, k, v, mask, scale)
         geometry, reason = self._geometry(q, len(heads))
@@ -334,27 +398,59 @@ class AttentionRouter:
         state.decisions[self.layer] = decision
         return decision
 
-    def _geometry(self, q: Tensor, num_heads: int) -> tuple[Geometry | None, str]:
+    def _geometry(self, q: Tensor, num_heads: int | None = None) -> tuple[Geometry | None, str]:
+        """The call's Geometry (None and why when it cannot be known); ``num_heads``: the heads q must have."""
         state = self.state
         seq_dim, head_dim = (1, 2) if self.style == "dispatch" else (2, 1)
-        if q.shape[head_dim] != num_heads:
+        if num_heads is not None and q.shape[head_dim] != num_heads:
             raise ValueError(
                 f"the headsparse plan for {state.spec.class_name} has {num_heads} heads in layer {self.layer}, "
                 f"but its attention runs {q.shape[head_dim]} heads"
             )
         if state.grid is None:
             return None, "the token grid could not be read from the transformer's inputs"
-        frames, height, width = state.grid
+        grid = state.grid
+        if state.spec.layer_grid is not None:
+            grid = state.spec.layer_grid(state.grid, q.shape[seq_dim])
+            if grid is None:
+                return None, f"its sequence ({q.shape[seq_dim]}) matches no resolution level of the grid {state.grid}"
+        frames, height, width = grid
         text = q.shape[seq_dim] - frames * height * width
         if text < 0:
-            return None, f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {state.grid}"
+            return None, f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {grid}"
         position = state.spec.text_position if text else "none"
         if text and position == "none":
             return None, f"{text} tokens beyond the video grid in a model whose self-attention has no text"
         return Geometry(frames, height, width, text, position), ""
 
+    def _split_heads(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
+                     scale: float | None) -> Tensor:
+        """A layer with agent heads: each agent setting runs its heads, the other heads run as a smaller layer."""
+        groups: dict[Pattern | None, list[int]] = {}
+        for h, p in enumerate(heads):
+            groups.setdefault(p if isinstance(p, Agent) else None, []).append(h)
+        if len(groups) == 1:
+            (pattern,) = groups
+            return agent_attention(q, k, v, geometry, pattern, scale=scale)  # type: ignore[arg-type]
+        out = q.new_empty((*q.shape[:3], v.shape[-1]))
+        for pattern, idx in groups.items():
+            sel = torch.tensor(idx, device=q.device)
+            qs, ks, vs = (t.index_select(1, sel) for t in (q, k, v))
+            if pattern is None:
+                part = self._sparse(qs, ks, vs, tuple(heads[h] for h in idx), geometry, None, scale)
+            else:
+                part = agent_attention(qs, ks, vs, geometry, pattern, scale=scale)  # type: ignore[arg-type]
+            out.index_copy_(1, sel, part)
+        return out
+
     def _sparse(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
                 valid: Tensor | None, scale: float | None) -> Tensor:
+        if any(isinstance(p, Agent) for p in heads):
+            if valid is not None:
+                self.state.warn_once(f"layer {self.layer}: agent attention with padded text is not built; running "
+                                     "dense")
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+            return self._split_heads(q, k, v, heads, geometry, scale)
         block = self.state.plan.block_size
         backend = self.state.backend
         dynamic = any(getattr(p, "dynamic", False) for p in heads)

@@ -4,6 +4,10 @@ Which modules are self-attention, which processor classes we know how to rebind,
 sit inside the self-attention sequence, and how to read the token grid from the transformer's
 forward arguments. Specs are registered by class name so that importing headsparse never imports
 a model family the user does not have.
+
+diffusers specs swap attention processors (the default); other families (timm, transformers) bring
+an :class:`AttentionAdapter` that knows how their attention call is replaced and restored, and name
+the submodule that sees the image (``geometry_module``), whose forward pre-hook reads the grid.
 """
 
 from __future__ import annotations
@@ -11,14 +15,34 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
 from headsparse.patterns.geometry import TextPosition
 
+if TYPE_CHECKING:
+    from headsparse.plugin.runtime import AttentionRouter, TransformerState
+
 Grid = tuple[int, int, int]
 GridReader = Callable[[nn.Module, Mapping[str, Any]], Grid | None]
+
+
+class AttentionAdapter(Protocol):
+    """How a model family's attention call is routed to headsparse and put back.
+
+    ``check`` raises TypeError naming what makes a module unpatchable, before anything is touched;
+    ``install`` makes the module's attention call go through a new router and returns it;
+    ``restore`` undoes exactly what ``install`` did.
+    """
+
+    def check(self, model: nn.Module, name: str, module: nn.Module) -> None: ...
+
+    def num_heads(self, module: nn.Module) -> int: ...
+
+    def install(self, state: TransformerState, layer: int, module: nn.Module) -> AttentionRouter: ...
+
+    def restore(self, module: nn.Module) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -33,10 +57,30 @@ class ModelSpec:
     # Forward argument carrying the denoising timestep.
     timestep_arg: str = "timestep"
     notes: str = ""
+    # None: diffusers attention processors are rebound (headsparse.plugin.rebind).
+    adapter: AttentionAdapter | None = None
+    # Full-match regex of the submodule whose forward arguments give the grid (None: the model itself).
+    geometry_module: str | None = None
+    # Models whose layers run at several resolutions (UNets): a layer's grid from the model's grid and the
+    # layer's sequence length (None: no level fits). None: every layer runs on the model's grid.
+    layer_grid: Callable[[Grid, int], Grid | None] | None = None
 
     def self_attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         pattern = re.compile(self.self_attention)
         return [(n, m) for n, m in model.named_modules() if pattern.fullmatch(n)]
+
+    def geometry_target(self, model: nn.Module) -> nn.Module:
+        """The module the grid-reading forward pre-hook goes on (TypeError unless exactly one matches)."""
+        if self.geometry_module is None:
+            return model
+        pattern = re.compile(self.geometry_module)
+        found = [m for n, m in model.named_modules() if pattern.fullmatch(n)]
+        if len(found) != 1:
+            raise TypeError(
+                f"{type(model).__name__} has {len(found)} modules matching {self.geometry_module!r}; headsparse needs "
+                "exactly one to read the token grid from"
+            )
+        return found[0]
 
 
 SPECS: dict[str, ModelSpec] = {}
@@ -69,3 +113,18 @@ def grid_from_5d(hidden_states: Any, patch: tuple[int, int, int], *, channels_fi
         _, f, _, h, w = hidden_states.shape
     pt, ph, pw = patch
     return (-(-f // pt), h // ph, w // pw)
+
+
+def grid_from_image(pixels: Any, conv: nn.Module | None) -> Grid | None:
+    """(1, rows, cols) tokens that a patchifying Conv2d makes of a (B, C, H, W) image."""
+    if conv is None or pixels is None or not hasattr(pixels, "dim") or pixels.dim() != 4:
+        return None
+    size = []
+    for axis, n in enumerate(pixels.shape[-2:]):
+        if conv.padding == "same":
+            size.append(n)
+            continue
+        p = 0 if conv.padding == "valid" else conv.padding[axis]
+        k, s, d = conv.kernel_size[axis], conv.stride[axis], conv.dilation[axis]
+        size.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
+    return (1, size[0], size[1]) if min(size) >= 1 else None

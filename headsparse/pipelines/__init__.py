@@ -1,0 +1,6 @@
+"""Generation scripts: model presets, the embedded tiny pipeline, dense vs headsparse reports."""
+
+from headsparse.pipelines.generate import GenerateError, GenerateRequest, generate
+from headsparse.pipelines.presets import PRESETS, Preset, preset_for
+
+__all__ = ["PRESETS", "GenerateError", "GenerateRequest", "Preset", "generate", "preset_for"]

@@ -1,0 +1,397 @@
+"""Generate with a diffusers pipeline, dense and/or headsparse, and report speed and fidelity.
+
+``generate(request)`` loads the pipeline (a local checkpoint folder, or the embedded tiny one),
+runs it dense when asked to compare, then patched with the requested mode, from the same seed;
+writes the outputs (and a side-by-side video) and a report (JSON + markdown): wall time, time in
+the transformer and in attention, the density of each layer, PSNR/SSIM per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import headsparse
+from headsparse.pipelines.media import side_by_side, write_output, write_video
+from headsparse.pipelines.metrics import frame_metrics
+from headsparse.pipelines.presets import Preset, preset_for
+from headsparse.timing import device_name
+
+logger = logging.getLogger(__name__)
+
+MODES = ("dense", "pattern", "plan", "auto")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class GenerateError(ValueError):
+    """A request that cannot run as given (bad path, wrong model, a plan for another model...)."""
+
+
+@dataclass
+class GenerateRequest:
+    """Everything one ``headsparse generate`` run needs; None means the model preset's default."""
+
+    model: str
+    prompt: str
+    out: Path
+    model_path: str | None = None
+    mode: str | None = None  # "dense" | "pattern" | "plan" | "auto"; None: the preset's default
+    pattern: str | None = None
+    pattern_params: dict[str, Any] = field(default_factory=dict)
+    plan: str | None = None
+    negative_prompt: str | None = None
+    steps: int | None = None
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    dtype: str | None = None
+    device: str | None = None
+    dense_steps: float | None = None
+    dense_layers: int | None = None
+    backend: str = "auto"
+    compare_dense: bool = False
+    cpu_offload: bool = False
+    progress: bool = True
+    warmup: bool = True  # an untimed 1-step run first, so neither timed run pays first-call costs
+
+
+@dataclass
+class RunResult:
+    """One generation: its frames (F, H, W, 3) in [0, 1] and where its time went."""
+
+    label: str
+    frames: np.ndarray
+    wall_s: float
+    transformer_s: float
+    attention_s: float | None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_mode(request: GenerateRequest, preset: Preset) -> tuple[str, dict[str, Any]]:
+    """The mode to run and the keyword arguments of ``headsparse.patch`` for it."""
+    mode = request.mode
+    if mode is None:
+        mode = "auto" if preset.mode == "auto" else "pattern"
+    if mode not in MODES:
+        raise GenerateError(f"mode must be one of {MODES}, got {mode!r}")
+    if request.plan is not None and mode != "plan":
+        raise GenerateError("--plan was given with another mode")
+    kwargs: dict[str, Any] = {}
+    if mode == "dense":
+        return mode, kwargs
+    if mode == "plan":
+        if request.plan is None:
+            raise GenerateError("mode 'plan' needs --plan FILE")
+        if not Path(request.plan).is_file():
+            raise GenerateError(f"--plan: no such file: {request.plan}")
+        kwargs["plan"] = request.plan
+    elif mode == "auto":
+        kwargs["plan"] = "auto"
+    else:
+        name = request.pattern or preset.mode
+        if name == "auto":
+            raise GenerateError("mode 'pattern' needs --pattern NAME")
+        params = request.pattern_params if request.pattern else {**preset.pattern_params, **request.pattern_params}
+        kwargs.update(pattern=name, **params)
+    if mode != "plan" or request.dense_steps is not None:
+        kwargs["dense_steps"] = preset.dense_steps if request.dense_steps is None else request.dense_steps
+    if mode != "plan" or request.dense_layers is not None:
+        kwargs["dense_layers"] = preset.dense_layers if request.dense_layers is None else request.dense_layers
+    return mode, kwargs
+
+
+def load_pipeline(preset: Preset, model_path: str | None, dtype: torch.dtype, device: str, cpu_offload: bool):
+    """The preset's pipeline: the embedded tiny one, or ``from_pretrained`` on a local folder."""
+    if cpu_offload and not device.startswith("cuda"):
+        raise GenerateError(f"--cpu-offload moves models between the CPU and a CUDA device; the device is {device}")
+    if preset.name == "tiny":
+        if model_path is not None:
+            raise GenerateError("--model tiny is built in; it takes no --model-path")
+        from headsparse.pipelines.tiny import build_tiny_wan_pipeline
+
+        pipe = build_tiny_wan_pipeline("demo")
+        return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
+    if model_path is None:
+        raise GenerateError(
+            f"--model {preset.name} needs --model-path DIR: a local diffusers folder (e.g. a download of "
+            f"{preset.checkpoint}); nothing is downloaded"
+        )
+    folder = Path(model_path)
+    if not (folder / "model_index.json").is_file():
+        raise GenerateError(f"--model-path {model_path}: not a diffusers pipeline folder (no model_index.json)")
+    index = json.loads((folder / "model_index.json").read_text())
+    transformer = index.get("transformer", [None, None])[1]
+    if transformer != preset.transformer:
+        raise GenerateError(
+            f"--model {preset.name} expects a {preset.transformer}; the pipeline in {model_path} has {transformer}"
+        )
+    import diffusers
+
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    if preset.vae_float32 and "vae" in index:
+        vae_cls = getattr(diffusers, index["vae"][1])
+        kwargs["vae"] = vae_cls.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    pipe = getattr(diffusers, preset.pipeline).from_pretrained(folder, **kwargs)
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
+    return pipe.to(device)
+
+
+class _TransformerClock:
+    """Seconds spent inside the pipeline's transformer(s), from forward hooks."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+        self._handles = []
+        for name in ("transformer", "transformer_2"):
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                self._handles.append(module.register_forward_pre_hook(self._pre))
+                self._handles.append(module.register_forward_hook(self._post))
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def _pre(self, *_: Any) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _layer_rows(pipe: Any) -> list[dict[str, Any]]:
+    """Per patched layer: its pattern mix and mean density over heads (None where never run sparse)."""
+    layers: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in headsparse.summary(pipe, print_table=False):
+        entry = layers.setdefault((row["transformer"], row["layer"]), {
+            "transformer": row["transformer"], "layer": row["layer"], "module": row["module"], "patterns": {},
+            "densities": [],
+        })
+        entry["patterns"][row["pattern"]] = entry["patterns"].get(row["pattern"], 0) + 1
+        if row["density"] is not None:
+            entry["densities"].append(row["density"])
+    out = []
+    for entry in layers.values():
+        dens = entry.pop("densities")
+        entry["density"] = sum(dens) / len(dens) if dens else None
+        out.append(entry)
+    return out
+
+
+def run_once(pipe: Any, preset: Preset, request: GenerateRequest, label: str,
+             patch_kwargs: dict[str, Any]) -> RunResult:
+    """One generation from ``request.seed`` with ``pipe`` patched by ``patch_kwargs`` (``{}``: dense).
+
+    The dense run is patched with the dense pattern and profiling on: outputs are bit-identical to
+    the unpatched pipeline and its attention time is measured the same way as the sparse run's.
+    """
+    kwargs = patch_kwargs or {"pattern": "dense"}
+    try:
+        handle = headsparse.patch(pipe, profile=True, backend=request.backend, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise GenerateError(str(exc)) from None
+    clock = _TransformerClock(pipe)
+    try:
+        start = time.perf_counter()
+        output = pipe(**pipeline_call(preset, request))
+        wall = time.perf_counter() - start
+        attention = sum(st.seconds for state in handle.states.values() for st in state.stats)
+        layers = _layer_rows(pipe) if patch_kwargs else []
+    finally:
+        clock.remove()
+        handle.unpatch()
+    frames = np.asarray(output.frames[0] if preset.video else output.images)
+    if frames.ndim == 3:
+        frames = frames[None]
+    return RunResult(label, frames.astype(np.float32), wall, clock.seconds, attention, layers)
+
+
+def warm_up(pipe: Any, preset: Preset, request: GenerateRequest, patch_kwargs: dict[str, Any]) -> None:
+    """One untimed sparse step (dense when ``patch_kwargs`` is empty) through the whole pipeline.
+
+    It pays the first-call costs (kernel compilation, layout construction, oneDNN/cuDNN setup,
+    the VAE's first decode) so that neither timed run carries them; online recognition is redone
+    in the timed run, whose cost it is.
+    """
+    kwargs = {**patch_kwargs, "dense_steps": 0} if patch_kwargs else {"pattern": "dense"}
+    try:
+        handle = headsparse.patch(pipe, backend=request.backend, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise GenerateError(str(exc)) from None
+    try:
+        pipe(**pipeline_call(preset, request, steps=1))
+    finally:
+        handle.unpatch()
+
+
+def pipeline_call(preset: Preset, request: GenerateRequest, steps: int | None = None) -> dict[str, Any]:
+    """The pipeline's keyword arguments for this request (``steps`` overrides the step count)."""
+    call: dict[str, Any] = {
+        "prompt": request.prompt, "num_inference_steps": steps or request.steps or preset.steps,
+        "height": request.height or preset.height, "width": request.width or preset.width,
+        "guidance_scale": preset.guidance if request.guidance is None else request.guidance,
+        "generator": torch.Generator("cpu").manual_seed(request.seed), "output_type": "np",
+    }
+    if preset.video:
+        call["num_frames"] = request.frames or preset.frames
+    if request.negative_prompt is not None:
+        call["negative_prompt"] = request.negative_prompt
+    return call
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else a / b
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return math.inf if not finite else sum(finite) / len(finite)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _run_summary(run: RunResult) -> dict[str, Any]:
+    share = _ratio(run.attention_s, run.wall_s)
+    return {"wall_s": run.wall_s, "transformer_s": run.transformer_s, "attention_s": run.attention_s,
+            "attention_share": share}
+
+
+def generate(request: GenerateRequest) -> dict[str, Any]:
+    """Run the request; write outputs and the report under ``request.out``; return the report."""
+    try:
+        preset = preset_for(request.model)
+    except ValueError as exc:
+        raise GenerateError(str(exc)) from None
+    mode, patch_kwargs = resolve_mode(request, preset)
+    dtype_name = request.dtype or preset.dtype
+    if dtype_name not in DTYPES:
+        raise GenerateError(f"--dtype must be one of bf16, fp16, fp32; got {dtype_name!r}")
+    device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(preset, request.model_path, DTYPES[dtype_name], device, request.cpu_offload)
+    pipe.set_progress_bar_config(disable=not request.progress)
+    out = Path(request.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fps = preset.fps or 1
+
+    if request.warmup:
+        warm_up(pipe, preset, request, patch_kwargs if mode != "dense" else {})
+    runs: dict[str, RunResult] = {}
+    if mode == "dense" or request.compare_dense:
+        runs["dense"] = run_once(pipe, preset, request, "dense", {})
+    if mode != "dense":
+        runs["headsparse"] = run_once(pipe, preset, request, "headsparse", patch_kwargs)
+
+    files = {label: str(write_output(r.frames, out / label, fps, preset.video)) for label, r in runs.items()}
+    report: dict[str, Any] = {
+        "headsparse_version": headsparse.__version__, "model": preset.name, "model_notes": preset.notes,
+        "model_path": request.model_path, "prompt": request.prompt, "seed": request.seed,
+        "steps": request.steps or preset.steps, "frames": int(next(iter(runs.values())).frames.shape[0]),
+        "height": request.height or preset.height, "width": request.width or preset.width, "dtype": dtype_name,
+        "device": device, "device_name": device_name(device), "mode": mode,
+        "patch": {k: (str(v) if isinstance(v, Path) else v) for k, v in patch_kwargs.items()},
+        "runs": {label: _run_summary(r) for label, r in runs.items()},
+    }
+    if "headsparse" in runs:
+        report["layers"] = runs["headsparse"].layers
+    if len(runs) == 2:
+        dense, sparse = runs["dense"], runs["headsparse"]
+        report["speedup"] = {
+            "wall": _ratio(dense.wall_s, sparse.wall_s),
+            "transformer": _ratio(dense.transformer_s, sparse.transformer_s),
+            "attention": _ratio(dense.attention_s, sparse.attention_s),
+        }
+        per_frame, note = frame_metrics(sparse.frames, dense.frames)
+        report["per_frame"] = per_frame
+        report["psnr_mean"] = _finite_mean([r["psnr"] for r in per_frame])
+        report["ssim_mean"] = sum(r["ssim"] for r in per_frame) / len(per_frame)
+        if "lpips" in per_frame[0]:
+            report["lpips_mean"] = sum(r["lpips"] for r in per_frame) / len(per_frame)
+        report["lpips_note"] = note or "LPIPS (AlexNet) computed from local weights"
+        captions = (f"dense {dense.wall_s:.1f} s", f"headsparse {sparse.wall_s:.1f} s")
+        both = side_by_side(dense.frames, sparse.frames, captions)
+        files["side_by_side"] = str(write_video(both, out / "side_by_side.mp4", fps) if preset.video
+                                    else write_output(both, out / "side_by_side", fps, False))
+    report["files"] = files
+    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report))
+    report["files"]["report"] = str(out / "report.md")
+    return report
+
+
+def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf"
+    return f"{value:{spec}}{unit}"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: the run, time side by side, fidelity, per-layer density."""
+    lines = [
+        f"# headsparse generate: {report['model']}",
+        "",
+        f"- prompt: {report['prompt']!r}, seed {report['seed']}, {report['steps']} steps, {report['frames']} "
+        f"frame(s) of {report['height']}x{report['width']}, {report['dtype']} on {report['device_name']}",
+        f"- mode: {report['mode']} {json.dumps(report['patch'])}",
+        f"- model: {report['model_notes']}",
+        "",
+        "| run | wall s | transformer s | attention s | attention share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, r in report["runs"].items():
+        lines.append(f"| {label} | {_fmt(r['wall_s'])} | {_fmt(r['transformer_s'])} | {_fmt(r['attention_s'])} | "
+                     f"{_fmt(r['attention_share'], '.1%')} |")
+    if "speedup" in report:
+        s = report["speedup"]
+        lines += [
+            "",
+            f"Speed-up (dense / headsparse): wall {_fmt(s['wall'])}x, transformer {_fmt(s['transformer'])}x, "
+            f"attention {_fmt(s['attention'])}x.",
+            "",
+            f"Fidelity vs dense: PSNR {_fmt(report['psnr_mean'], '.2f')} dB, SSIM {_fmt(report['ssim_mean'], '.4f')}"
+            + (f", LPIPS {_fmt(report['lpips_mean'], '.4f')}" if "lpips_mean" in report else "")
+            + f" (mean over {len(report['per_frame'])} frame(s)); {report['lpips_note']}.",
+            "",
+            "| frame | PSNR dB | SSIM |",
+            "|---:|---:|---:|",
+        ]
+        lines += [f"| {i} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.4f')} |" for i, r in enumerate(report["per_frame"])]
+    if report.get("layers"):
+        lines += ["", "| transformer | layer | module | heads | density |", "|---|---:|---|---|---:|"]
+        for row in report["layers"]:
+            mix = ", ".join(f"{n}x {p}" for p, n in row["patterns"].items())
+            lines.append(f"| {row['transformer']} | {row['layer']} | {row['module']} | {mix} | "
+                         f"{_fmt(row['density'], '.3f')} |")
+    lines += ["", "Files: " + ", ".join(f"{k}: {Path(v).name}" for k, v in report["files"].items()), ""]
+    return "\n".join(lines)
+
+

@@ -1,0 +1,71 @@
+"""Per-model presets: how to load a checkpoint, what to generate by default, how to patch it.
+
+Loading follows each model's diffusers documentation (pipeline class, dtype, the VAE kept in
+float32 for Wan). Sparse defaults follow REFERENCES.md: Sparse VideoGen runs the first 10-20% of
+steps and ~3% of layers dense, STA the first 12-15 of 50 steps, RainFusion 2.0 is sparse from step
+15 of 40; we use online recognition (``auto``) after a dense warm-up of 20-30% of the steps and the
+first layer, which the offline search (a plan) replaces once searched for the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One model family: checkpoint layout, generation defaults and the default headsparse mode."""
+
+    name: str
+    pipeline: str  # diffusers pipeline class
+    transformer: str  # transformer class the loaded pipeline must have
+    checkpoint: str  # a public checkpoint with this layout (to download elsewhere; nothing is fetched here)
+    video: bool
+    dtype: str  # torch dtype of the pipeline
+    fps: int
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    dense_steps: float = 0.2
+    dense_layers: int = 1
+    mode: str = "auto"  # default headsparse mode: "auto", or a pattern name
+    pattern_params: dict[str, Any] = field(default_factory=dict)
+    vae_float32: bool = False  # load the VAE in float32 (Wan's recommendation)
+    notes: str = ""
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("wan", "WanPipeline", "WanTransformer3DModel", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", True, "bfloat16",
+           16, 81, 480, 832, 50, 5.0, vae_float32=True, notes="Wan 2.1 T2V 1.3B / 14B"),
+    Preset("wan2.2", "WanPipeline", "WanTransformer3DModel", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", True, "bfloat16",
+           16, 81, 480, 832, 40, 4.0, vae_float32=True,
+           notes="Wan 2.2 A14B: transformer and transformer_2 (high/low noise) are both patched"),
+    Preset("cogvideox", "CogVideoXPipeline", "CogVideoXTransformer3DModel", "THUDM/CogVideoX-2b", True, "float16",
+           8, 49, 480, 720, 50, 6.0, notes="CogVideoX 2b (float16) / 5b (use --dtype bf16)"),
+    Preset("hunyuanvideo", "HunyuanVideoPipeline", "HunyuanVideoTransformer3DModel",
+           "hunyuanvideo-community/HunyuanVideo", True, "bfloat16", 15, 61, 320, 512, 30, 6.0, dense_steps=0.25,
+           notes="HunyuanVideo 13B; enable --cpu-offload below 80 GB"),
+    Preset("ltx", "LTXPipeline", "LTXVideoTransformer3DModel", "Lightricks/LTX-Video", True, "bfloat16",
+           24, 161, 480, 704, 50, 3.0, notes="LTX-Video 0.9.x"),
+    Preset("mochi", "MochiPipeline", "MochiTransformer3DModel", "genmo/mochi-1-preview", True, "bfloat16",
+           30, 85, 480, 848, 64, 4.5, notes="Mochi 1 preview; enable --cpu-offload below 80 GB"),
+    Preset("flux", "FluxPipeline", "FluxTransformer2DModel", "black-forest-labs/FLUX.1-dev", False, "bfloat16",
+           0, 1, 1024, 1024, 28, 3.5, dense_steps=0.25, notes="FLUX.1 dev / schnell"),
+    Preset("sd3", "StableDiffusion3Pipeline", "SD3Transformer2DModel",
+           "stabilityai/stable-diffusion-3.5-medium", False, "bfloat16", 0, 1, 1024, 1024, 28, 7.0,
+           dense_steps=0.25, notes="Stable Diffusion 3 / 3.5"),
+    Preset("tiny", "WanPipeline", "WanTransformer3DModel", "(embedded; built offline)", True, "float32",
+           8, 17, 96, 160, 5, 1.0, dense_steps=1, dense_layers=0,
+           notes="the embedded tiny Wan pipeline: random weights with planted attention heads (see "
+                 "headsparse.pipelines.tiny); its videos are coloured noise, its attention structure is real; "
+                 "CFG is off (guidance 1) because its text encoder is random too"),
+)}
+
+
+def preset_for(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
