@@ -30,6 +30,15 @@ def functional_with(sdpa: Callable[..., Any]) -> types.ModuleType:
     return shim
 
 
+def with_globals(func: types.FunctionType, namespace: dict[str, Any]) -> types.FunctionType:
+    """``func``'s code, defaults and closure evaluated in ``namespace`` instead of its module's globals."""
+    rebound = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
+    rebound.__kwdefaults__ = func.__kwdefaults__
+    rebound.__qualname__ = func.__qualname__
+    rebound.__doc__ = func.__doc__
+    return rebound
+
+
 def attention_call_style(processor: Any) -> str | None:
     """'dispatch' or 'sdpa': how the processor calls attention; None when it calls neither."""
     code_names = type(processor).__call__.__code__.co_names
@@ -60,10 +69,7 @@ def rebind_processor(
         namespace[DISPATCH_NAME] = dispatch
     if sdpa is not None:
         namespace["F"] = functional_with(sdpa)
-    rebound = types.FunctionType(call.__code__, namespace, call.__name__, call.__defaults__, call.__closure__)
-    rebound.__kwdefaults__ = call.__kwdefaults__
-    rebound.__qualname__ = call.__qualname__
-    rebound.__doc__ = call.__doc__
+    rebound = with_globals(call, namespace)
     sub = type(f"Headsparse{cls.__name__}", (cls,), {"__call__": rebound, "__module__": __name__})
     copy = cls.__new__(sub)
     copy.__dict__.update(processor.__dict__)

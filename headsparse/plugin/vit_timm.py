@@ -35,7 +35,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from headsparse.plugin.rebind import functional_with
+from headsparse.plugin.rebind import functional_with, with_globals
 from headsparse.plugin.runtime import AttentionRouter, TransformerState
 from headsparse.plugin.spec import Grid, ModelSpec, grid_from_image, register_spec
 
@@ -84,10 +84,7 @@ class TimmForwardAdapter:
         func = type(module).forward
         namespace = dict(func.__globals__)
         namespace["F"] = functional_with(router)
-        rebound = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
-        rebound.__kwdefaults__ = func.__kwdefaults__
-        rebound.__qualname__ = func.__qualname__
-        rebound.__doc__ = func.__doc__
+        rebound = with_globals(func, namespace)
         module.__dict__[FUSED_ATTR] = module.fused_attn
         module.fused_attn = True
         module.forward = types.MethodType(rebound, module)
