@@ -1,0 +1,136 @@
+"""Moving shapes: the procedural captioned video dataset the in-house tiny model trains on.
+
+Each clip is one coloured shape (circle, square, triangle) moving at constant speed, or bouncing
+off the frame's edges, over a plain background, with a caption from a small grammar
+("a red circle moving left", "a blue square bouncing on a gray background"). Everything follows
+from the clip's seed, so a dataset is an index range, not files: training streams clips, tests
+regenerate any clip exactly. Shapes and colours are chosen so that a generated video can be
+checked by pixels (which colour, which shape by fill ratio, which direction by the centroid).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.85, 0.1),
+}
+BACKGROUNDS: dict[str, tuple[float, float, float]] = {"black": (0.0, 0.0, 0.0), "gray": (0.45, 0.45, 0.45)}
+SHAPES = ("circle", "square", "triangle")
+# Direction word -> unit step (dy, dx) in image coordinates (y grows downwards).
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+MOTIONS = ("moving", "bouncing")
+# Fraction of its bounding square that each shape fills (used to recognise shapes by pixels).
+FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What a clip shows; ``caption`` says it in words."""
+
+    shape: str
+    colour: str
+    background: str
+    direction: str
+    motion: str
+    size: float  # side of the shape's bounding square, in pixels
+    speed: float  # pixels per frame
+    start: tuple[float, float]  # centre (y, x) in frame 0
+
+    @property
+    def caption(self) -> str:
+        where = "" if self.background == "black" else f" on a {self.background} background"
+        return f"a {self.colour} {self.shape} {self.motion} {self.direction}{where}"
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption can use (for the in-memory tokenizer)."""
+    words = {"a", "on", "background", *COLOURS, *BACKGROUNDS, *SHAPES, *DIRECTIONS, *MOTIONS}
+    return sorted(words)
+
+
+def sample_clip(seed: int, *, height: int = 32, width: int = 32, frames: int = 8) -> Clip:
+    """The clip of ``seed``: its content drawn from a private generator (the global RNG is untouched)."""
+    if min(height, width) < 16 or frames < 2:
+        raise ValueError(f"clips need at least 16x16 pixels and 2 frames; got {height}x{width}, {frames} frames")
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(options) -> str:
+        return list(options)[int(torch.randint(len(options), (1,), generator=g))]
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+    shape, colour, background = pick(SHAPES), pick(COLOURS), pick(BACKGROUNDS)
+    direction, motion = pick(DIRECTIONS), pick(MOTIONS)
+    side = min(height, width)
+    size = uniform(0.25, 0.4) * side
+    dy, dx = DIRECTIONS[direction]
+    extent = height if dy else width
+    if motion == "moving":
+        # Stay inside the frame for the whole clip: travel at most what is left of the frame.
+        speed = uniform(0.5, 1.0) * (extent - size) / (frames - 1)
+    else:
+        speed = uniform(1.0, 1.5) * (extent - size) / (frames - 1)  # far enough to hit an edge and turn
+    half = size / 2
+    travel = speed * (frames - 1) if motion == "moving" else 0.0
+    lo_y, hi_y = half, height - half
+    lo_x, hi_x = half, width - half
+    # Start so that a constant-speed clip ends inside the frame.
+    y = uniform(lo_y, hi_y) if dy == 0 else (uniform(lo_y, hi_y - travel) if dy > 0 else uniform(lo_y + travel, hi_y))
+    x = uniform(lo_x, hi_x) if dx == 0 else (uniform(lo_x, hi_x - travel) if dx > 0 else uniform(lo_x + travel, hi_x))
+    return Clip(shape, colour, background, direction, motion, size, speed, (y, x))
+
+
+def centres(clip: Clip, frames: int, height: int, width: int) -> list[tuple[float, float]]:
+    """The shape's centre in each frame (bouncing reflects off the edges)."""
+    dy, dx = DIRECTIONS[clip.direction]
+    half = clip.size / 2
+    out = []
+    for t in range(frames):
+        pos = []
+        for start, step, extent in ((clip.start[0], dy, height), (clip.start[1], dx, width)):
+            p = start + step * clip.speed * t
+            lo, hi = half, extent - half
+            span = hi - lo
+            if span > 0 and clip.motion == "bouncing":
+                q = (p - lo) % (2 * span)
+                p = lo + (q if q <= span else 2 * span - q)
+            pos.append(min(max(p, lo), hi))
+        out.append((pos[0], pos[1]))
+    return out
+
+
+def shape_mask(shape: str, centre: tuple[float, float], size: float, height: int, width: int) -> Tensor:
+    """bool [H, W]: pixels whose centre lies inside the shape."""
+    y = torch.arange(height, dtype=torch.float32)[:, None] + 0.5 - centre[0]
+    x = torch.arange(width, dtype=torch.float32)[None, :] + 0.5 - centre[1]
+    half = size / 2
+    if shape == "circle":
+        return y**2 + x**2 <= half**2
+    if shape == "square":
+        return (y.abs() <= half) & (x.abs() <= half)
+    if shape == "triangle":  # apex up, base down: a point is inside when |x| <= (y + half) / 2 within the box
+        return (y.abs() <= half) & (x.abs() <= (y + half) / 2)
+    raise ValueError(f"unknown shape {shape!r}; shapes: {SHAPES}")
+
+
+def render(clip: Clip, *, frames: int = 8, height: int = 32, width: int = 32) -> Tensor:
+    """float32 [frames, 3, H, W] in [0, 1]."""
+    video = torch.empty(frames, 3, height, width)
+    video[:] = torch.tensor(BACKGROUNDS[clip.background])[None, :, None, None]
+    colour = torch.tensor(COLOURS[clip.colour])[:, None]
+    for t, centre in enumerate(centres(clip, frames, height, width)):
+        mask = shape_mask(clip.shape, centre, clip.size, height, width)
+        video[t][:, mask] = colour
+    return video
+
+
+def clip(seed: int, *, frames: int = 8, height: int = 32, width: int = 32) -> tuple[Tensor, str]:
+    """(video [frames, 3, H, W] in [0, 1], caption) of ``seed``."""
+    c = sample_clip(seed, height=height, width=width, frames=frames)
+    return render(c, frames=frames, height=height, width=width), c.caption
