@@ -122,7 +122,7 @@ def _request(args: argparse.Namespace):
         model_path=args.model_path, mode=mode, pattern=args.pattern, pattern_params=_parse_params(args.param),
         plan=args.plan, negative_prompt=args.negative_prompt, steps=args.steps, frames=args.frames,
         height=args.height, width=args.width, guidance=args.guidance, seed=args.seed,
-        dtype=DTYPES.get(args.dtype, args.dtype) if args.dtype else None, device=args.device,
+        dtype=args.dtype, device=args.device,
         dense_steps=args.dense_steps, dense_layers=args.dense_layers, backend=args.backend,
         compare_dense=args.compare_dense, cpu_offload=args.cpu_offload, progress=not args.quiet,
         warmup=not args.no_warmup,

@@ -11,6 +11,7 @@ token permutation is applied before and undone after, so callers see the origina
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -112,16 +113,28 @@ def cpu_head_groups(layout: Layout) -> list[tuple[str, list[int], Layout]]:
     return layout._cache["cpu_head_groups"]
 
 
-def _per_head_groups(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: float | None) -> Tensor:
-    out = torch.empty_like(q)
-    for choice, heads, sub in cpu_head_groups(layout):
+HeadGroupRun = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def attention_by_head_groups(q: Tensor, k: Tensor, v: Tensor,
+                             groups: Sequence[tuple[list[int], HeadGroupRun]]) -> Tensor:
+    """Attention of q/k/v [B, H, L, D] run group by group of heads: each group's heads are picked out,
+    run by its function, and written back in place (a layer whose heads need different executors)."""
+    out = q.new_empty((*q.shape[:3], v.shape[-1]))
+    for heads, run in groups:
         idx = torch.tensor(heads, device=q.device)
-        qs, ks, vs = q[:, idx], k[:, idx], v[:, idx]
-        if choice == "sdpa":
-            out[:, idx] = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
-        else:
-            out[:, idx] = sparse_attention(qs, ks, vs, sub, scale=scale, backend=choice)  # type: ignore[arg-type]
+        out.index_copy_(1, idx, run(q.index_select(1, idx), k.index_select(1, idx), v.index_select(1, idx)))
     return out
+
+
+def _per_head_groups(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: float | None) -> Tensor:
+    def executor(choice: str, sub: Layout) -> HeadGroupRun:
+        if choice == "sdpa":
+            return lambda qs, ks, vs: F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
+        return lambda qs, ks, vs: sparse_attention(qs, ks, vs, sub, scale=scale, backend=choice)  # type: ignore
+
+    groups = [(heads, executor(choice, sub)) for choice, heads, sub in cpu_head_groups(layout)]
+    return attention_by_head_groups(q, k, v, groups)
 
 
 def sparse_attention(

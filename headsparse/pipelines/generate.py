@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import headsparse
-from headsparse.pipelines.media import side_by_side, write_output, write_video
+from headsparse.pipelines.media import side_by_side, write_output
 from headsparse.pipelines.metrics import frame_metrics
 from headsparse.pipelines.presets import Preset, preset_for
 from headsparse.timing import device_name
@@ -198,6 +198,15 @@ def _layer_rows(pipe: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _patch(pipe: Any, request: GenerateRequest, patch_kwargs: dict[str, Any], profile: bool) -> Any:
+    """``headsparse.patch`` with ``patch_kwargs`` (``{}``: the dense pattern); its refusals become GenerateError."""
+    try:
+        kwargs = patch_kwargs or {"pattern": "dense"}
+        return headsparse.patch(pipe, profile=profile, backend=request.backend, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise GenerateError(str(exc)) from None
+
+
 def run_once(pipe: Any, preset: Preset, request: GenerateRequest, label: str,
              patch_kwargs: dict[str, Any]) -> RunResult:
     """One generation from ``request.seed`` with ``pipe`` patched by ``patch_kwargs`` (``{}``: dense).
@@ -205,11 +214,7 @@ def run_once(pipe: Any, preset: Preset, request: GenerateRequest, label: str,
     The dense run is patched with the dense pattern and profiling on: outputs are bit-identical to
     the unpatched pipeline and its attention time is measured the same way as the sparse run's.
     """
-    kwargs = patch_kwargs or {"pattern": "dense"}
-    try:
-        handle = headsparse.patch(pipe, profile=True, backend=request.backend, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise GenerateError(str(exc)) from None
+    handle = _patch(pipe, request, patch_kwargs, profile=True)
     clock = _TransformerClock(pipe)
     try:
         start = time.perf_counter()
@@ -233,11 +238,7 @@ def warm_up(pipe: Any, preset: Preset, request: GenerateRequest, patch_kwargs: d
     the VAE's first decode) so that neither timed run carries them; online recognition is redone
     in the timed run, whose cost it is.
     """
-    kwargs = {**patch_kwargs, "dense_steps": 0} if patch_kwargs else {"pattern": "dense"}
-    try:
-        handle = headsparse.patch(pipe, backend=request.backend, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise GenerateError(str(exc)) from None
+    handle = _patch(pipe, request, {**patch_kwargs, "dense_steps": 0} if patch_kwargs else {}, profile=False)
     try:
         pipe(**pipeline_call(preset, request, steps=1))
     finally:
@@ -310,11 +311,13 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         runs["headsparse"] = run_once(pipe, preset, request, "headsparse", patch_kwargs)
 
     files = {label: str(write_output(r.frames, out / label, fps, preset.video)) for label, r in runs.items()}
+    call = pipeline_call(preset, request)
     report: dict[str, Any] = {
         "headsparse_version": headsparse.__version__, "model": preset.name, "model_notes": preset.notes,
         "model_path": request.model_path, "prompt": request.prompt, "seed": request.seed,
-        "steps": request.steps or preset.steps, "frames": int(next(iter(runs.values())).frames.shape[0]),
-        "height": request.height or preset.height, "width": request.width or preset.width, "dtype": dtype_name,
+        "steps": call["num_inference_steps"], "frames": int(next(iter(runs.values())).frames.shape[0]),
+        "height": call["height"], "width": call["width"],
+        "dtype": str(DTYPES[dtype_name]).removeprefix("torch."),
         "device": device, "device_name": device_name(device), "mode": mode,
         "patch": {k: (str(v) if isinstance(v, Path) else v) for k, v in patch_kwargs.items()},
         "runs": {label: _run_summary(r) for label, r in runs.items()},
@@ -337,8 +340,7 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         report["lpips_note"] = note or "LPIPS (AlexNet) computed from local weights"
         captions = (f"dense {dense.wall_s:.1f} s", f"headsparse {sparse.wall_s:.1f} s")
         both = side_by_side(dense.frames, sparse.frames, captions)
-        files["side_by_side"] = str(write_video(both, out / "side_by_side.mp4", fps) if preset.video
-                                    else write_output(both, out / "side_by_side", fps, False))
+        files["side_by_side"] = str(write_output(both, out / "side_by_side", fps, preset.video))
     report["files"] = files
     (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(report))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headsparse.kernels import Layout, sparse_attention
-from headsparse.kernels.sparse_attention import Backend
+from headsparse.kernels.sparse_attention import Backend, HeadGroupRun, attention_by_head_groups
 from headsparse.patterns import Agent, Dense, Geometry, Pattern
 from headsparse.patterns.agent import agent_attention
 from headsparse.patterns.layer import heads_layout
@@ -432,37 +432,33 @@ class AttentionRouter:
         if len(groups) == 1:
             (pattern,) = groups
             return agent_attention(q, k, v, geometry, pattern, scale=scale)  # type: ignore[arg-type]
-        out = q.new_empty((*q.shape[:3], v.shape[-1]))
-        for pattern, idx in groups.items():
-            sel = torch.tensor(idx, device=q.device)
-            qs, ks, vs = (t.index_select(1, sel) for t in (q, k, v))
+
+        def executor(pattern: Pattern | None, idx: list[int]) -> HeadGroupRun:
             if pattern is None:
-                part = self._sparse(qs, ks, vs, tuple(heads[h] for h in idx), geometry, None, scale)
-            else:
-                part = agent_attention(qs, ks, vs, geometry, pattern, scale=scale)  # type: ignore[arg-type]
-            out.index_copy_(1, sel, part)
-        return out
+                rest = tuple(heads[h] for h in idx)
+                return lambda qs, ks, vs: self._sparse(qs, ks, vs, rest, geometry, None, scale)
+            return lambda qs, ks, vs: agent_attention(qs, ks, vs, geometry, pattern, scale=scale)  # type: ignore
+
+        return attention_by_head_groups(q, k, v, [(idx, executor(p, idx)) for p, idx in groups.items()])
 
     def _sparse(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
                 valid: Tensor | None, scale: float | None) -> Tensor:
-        if any(isinstance(p, Agent) for p in heads):
-            if valid is not None:
-                self.state.warn_once(f"layer {self.layer}: agent attention with padded text is not built; running "
-                                     "dense")
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+        agent = any(isinstance(p, Agent) for p in heads)
+        dynamic = any(getattr(p, "dynamic", False) for p in heads)  # agent and pooled heads
+        if valid is not None and dynamic:
+            kind = "agent attention" if agent else "dynamic patterns"
+            self.state.warn_once(f"layer {self.layer}: {kind} with padded text is not built; running dense")
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+        if agent:
             return self._split_heads(q, k, v, heads, geometry, scale)
         block = self.state.plan.block_size
         backend = self.state.backend
-        dynamic = any(getattr(p, "dynamic", False) for p in heads)
         if valid is None:
             if dynamic:
                 layout = dynamic_layer_layout(heads, geometry, block, q, k)
             else:
                 layout = layer_layout(heads, geometry, block, str(q.device))
             return sparse_attention(q, k, v, layout, scale=scale, backend=backend)
-        if dynamic:
-            self.state.warn_once(f"layer {self.layer}: dynamic patterns with padded text are not built; running dense")
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
         # Padded text keys (HunyuanVideo): each item runs on its valid prefix with the text shortened;
         # the padded query rows attend the valid keys densely, as in the model.
         out = torch.empty_like(q)
