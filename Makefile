@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c requirements/constraints.txt torch torchvision
-	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[test,vit,metrics]"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[test,vit,metrics,bench]"
 	touch $(STAMP)
 
 test: $(STAMP)

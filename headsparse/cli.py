@@ -1,8 +1,8 @@
 """The ``headsparse`` command.
 
 ``generate`` runs a pipeline dense and/or with headsparse and reports speed and fidelity; ``demo``
-does that on the embedded tiny pipeline; ``search`` writes a per-head plan for a local pipeline;
-``inspect`` shows a plan; ``bench`` runs a benchmark script and prints its table.
+does that on the embedded moving-shapes model (trained in-house); ``search`` writes a per-head plan
+for a local pipeline; ``inspect`` shows a plan; ``bench`` runs a benchmark script and prints its table.
 """
 
 from __future__ import annotations
@@ -154,9 +154,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from headsparse.pipelines import GenerateRequest, preset_for
 
-    _say("headsparse demo: " + preset_for("tiny").notes + ".\nRunning it dense and with headsparse "
+    _say("headsparse demo: " + preset_for(args.model).notes + ".\nRunning it dense and with headsparse "
          "(online recognition) from the same seed on this machine...")
-    return _run_generate(GenerateRequest(model="tiny", prompt=args.prompt, out=Path(args.out), steps=args.steps,
+    return _run_generate(GenerateRequest(model=args.model, prompt=args.prompt, out=Path(args.out), steps=args.steps,
+                                         frames=args.frames, height=args.height, width=args.width,
                                          compare_dense=True, progress=not args.quiet))
 
 
@@ -226,10 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_generate_arguments(g)
     g.set_defaults(func=_generate)
-    d = sub.add_parser("demo", help="dense vs headsparse on the embedded tiny pipeline (offline, CPU, ~1-2 min)")
+    d = sub.add_parser("demo", help="dense vs headsparse on the embedded moving-shapes model (offline, CPU, ~1 min)")
     d.add_argument("--out", default="demo_output")
-    d.add_argument("--prompt", default="a red car on the moon")
+    d.add_argument("--model", choices=("shapes", "tiny"), default="shapes",
+                   help="shapes: the model trained in-house (default); tiny: random weights with planted heads")
+    d.add_argument("--prompt", default="a red circle bouncing right")
     d.add_argument("--steps", type=int)
+    d.add_argument("--frames", type=int)
+    d.add_argument("--height", type=int)
+    d.add_argument("--width", type=int)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ and print its table")

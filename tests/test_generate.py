@@ -156,6 +156,20 @@ def test_generate_cli_modes(tmp_path, mode):
         assert sum(sum(r["patterns"].values()) for r in report["layers"]) == 8
 
 
+def test_demo_runs_the_shipped_moving_shapes_model(tmp_path):
+    """`make demo`'s command at a small size: the trained model, dense vs auto, report with PSNR/SSIM and speed."""
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--steps", "3", "--frames", "4", "--height", "32", "--width", "32", "--quiet",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "shapes" and report["mode"] == "auto"
+    assert report["prompt"] == "a red circle bouncing right"
+    assert report["frames"] == 4 and report["height"] == 32 and "speedup" in report and report["psnr_mean"] > 10
+    assert "Speed-up (dense / headsparse)" in result.stdout and "PSNR" in result.stdout
+    assert (out / "side_by_side.mp4").is_file() or (out / "side_by_side.gif").is_file()
+
+
 def test_generate_cli_loads_a_local_checkpoint(tmp_path):
     from tiny_models import build_wan_pipeline
 

@@ -1,4 +1,4 @@
-"""Generation scripts: model presets, the embedded tiny pipeline, dense vs headsparse reports."""
+"""Generation: model presets, the embedded models (trained moving shapes, planted tiny), dense vs headsparse reports."""
 
 from headsparse.pipelines.generate import GenerateError, GenerateRequest, generate
 from headsparse.pipelines.presets import PRESETS, Preset, preset_for

@@ -122,6 +122,13 @@ def load_pipeline(preset: Preset, model_path: str | None, dtype: torch.dtype, de
 
         pipe = build_tiny_wan_pipeline("demo")
         return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
+    if preset.name == "shapes":
+        from headsparse.pipelines.shapes import load_moving_shapes_pipeline
+
+        try:
+            return load_moving_shapes_pipeline(model_path, dtype, device)
+        except FileNotFoundError as exc:
+            raise GenerateError(str(exc)) from None
     if model_path is None:
         raise GenerateError(
             f"--model {preset.name} needs --model-path DIR: a local diffusers folder (e.g. a download of "

@@ -10,6 +10,7 @@ checked by pixels (which colour, which shape by fill ratio, which direction by t
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -134,3 +135,74 @@ def clip(seed: int, *, frames: int = 8, height: int = 32, width: int = 32) -> tu
     """(video [frames, 3, H, W] in [0, 1], caption) of ``seed``."""
     c = sample_clip(seed, height=height, width=width, frames=frames)
     return render(c, frames=frames, height=height, width=width), c.caption
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a video shows, read from its pixels (None where it cannot be read)."""
+
+    colour: str | None
+    shape: str | None
+    background: str | None
+    direction: str | None
+    motion: str | None
+    fill: float  # shape pixels / their bounding box in the first frame that shows the shape
+    path: tuple[tuple[float, float], ...]  # centroid (y, x) per frame, NaN where no shape
+
+    def matches(self, clip: Clip) -> dict[str, bool]:
+        return {"colour": self.colour == clip.colour, "shape": self.shape == clip.shape,
+                "background": self.background == clip.background, "direction": self.direction == clip.direction,
+                "motion": self.motion == clip.motion}
+
+
+def parse_caption(caption: str) -> Clip:
+    """The content words of a caption as a Clip (geometry fields zero): what a reading is compared with."""
+    words = caption.split()
+    pick = lambda options, default=None: next((w for w in words if w in options), default)
+    return Clip(pick(SHAPES), pick(COLOURS), pick(BACKGROUNDS, "black"), pick(DIRECTIONS), pick(MOTIONS),
+                0.0, 0.0, (0.0, 0.0))
+
+
+def describe(video: Tensor, *, min_pixels: int = 4, min_step: float = 0.25) -> Reading:
+    """Read a video [F, 3, H, W] (or [F, H, W, 3]) in [0, 1] the way its caption describes it.
+
+    Every pixel takes the nearest palette colour (backgrounds and shape colours); the background is
+    the most common class on the border, the shape is the rest, its colour the majority class. The
+    shape is named by how much of its bounding box it fills (``FILL``), the direction by the axis
+    and sign of the centroid's first clear step, the motion by whether the centroid turns back
+    ("bouncing") along that axis.
+    """
+    video = video.float()
+    if video.shape[-1] == 3 and video.shape[1] != 3:
+        video = video.permute(0, 3, 1, 2)
+    names = list(BACKGROUNDS) + list(COLOURS)
+    palette = torch.tensor([*BACKGROUNDS.values(), *COLOURS.values()])  # [P, 3]
+    pixels = video.permute(0, 2, 3, 1)  # [F, H, W, 3]
+    classes = torch.cdist(pixels.reshape(-1, 3), palette).argmin(-1).view(pixels.shape[:3])
+    border = torch.cat([classes[:, 0], classes[:, -1], classes[:, :, 0], classes[:, :, -1]], dim=1).flatten()
+    background = int(border.mode().values)
+    shape_px = classes >= len(BACKGROUNDS)
+    path: list[tuple[float, float]] = []
+    fill = float("nan")
+    for t in range(classes.shape[0]):
+        idx = shape_px[t].nonzero().float()
+        if len(idx) < min_pixels:
+            path.append((float("nan"), float("nan")))
+            continue
+        path.append((idx[:, 0].mean().item() + 0.5, idx[:, 1].mean().item() + 0.5))
+        if fill != fill:  # first frame with a shape
+            box = (idx.max(0).values - idx.min(0).values + 1).prod().item()
+            fill = len(idx) / box
+    colour = names[int(classes[shape_px].mode().values)] if shape_px.sum() >= min_pixels else None
+    shape = min(FILL, key=lambda n: abs(FILL[n] - fill)) if fill == fill else None
+    direction = motion = None
+    seen = [p for p in path if p[0] == p[0]]
+    if len(seen) >= 2:
+        steps = [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(seen)]
+        axis = 0 if sum(abs(s[0]) for s in steps) > sum(abs(s[1]) for s in steps) else 1
+        along = [s[axis] for s in steps if abs(s[axis]) >= min_step]
+        if along:
+            sign = 1 if along[0] > 0 else -1
+            direction = next(d for d, v in DIRECTIONS.items() if v[axis] == sign)
+            motion = "bouncing" if any(a * sign < 0 for a in along) else "moving"
+    return Reading(colour, shape, names[background], direction, motion, fill, tuple(path))

@@ -1,0 +1,169 @@
+"""Train the moving-shapes model on this CPU: ``python -m headsparse.pipelines.train_shapes --out DIR``.
+
+Rectified flow (flow matching) as diffusers' ``FlowMatchEulerDiscreteScheduler`` samples it:
+``x_s = (1 - s) x0 + s noise`` with ``s`` logit-normal (SD3), the transformer predicts
+``noise - x0`` at timestep ``1000 s``. Captions are dropped (replaced by "") 10% of the time so
+that classifier-free guidance works. AdamW with warm-up and cosine decay; an exponential moving
+average of the weights is what gets saved. Everything follows from ``--seed``: clip ``i`` of the
+stream is ``moving_shapes.clip(seed * 10**7 + i)``, so a rerun reproduces the same batches.
+The run writes ``loss.csv`` (step, loss, smoothed loss, lr, seconds) as it goes, a resumable
+``checkpoint.pt`` every ``--save-every`` steps, and at the end the EMA pipeline
+(``save_pretrained``, safetensors) into ``DIR/pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from headsparse.pipelines import moving_shapes
+from headsparse.pipelines.shapes import (
+    MovingShapesPipeline,
+    ShapesSize,
+    build_components,
+    encode_captions,
+    shapes_scheduler,
+)
+
+
+def batch_of(step: int, batch: int, seed: int, size: ShapesSize) -> tuple[torch.Tensor, list[str]]:
+    """Clips ``step * batch ...`` of the seed's stream: video [B, 3, F, H, W] in [-1, 1] and captions."""
+    videos, captions = [], []
+    for j in range(batch):
+        video, caption = moving_shapes.clip(seed * 10**7 + step * batch + j, frames=size.frames,
+                                            height=size.height, width=size.width)
+        videos.append(video.permute(1, 0, 2, 3) * 2 - 1)
+        captions.append(caption)
+    return torch.stack(videos), captions
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay: float, save_every: int,
+          warmup: int = 200, drop: float = 0.1, threads: int | None = None, size: ShapesSize | None = None,
+          quiet: bool = False) -> Path:
+    """Train (resuming from ``out/checkpoint.pt`` if present); returns the saved pipeline folder."""
+    if threads:
+        torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    size = size or ShapesSize()
+    parts = build_components(size, seed)
+    tokenizer, text_encoder, model = parts["tokenizer"], parts["text_encoder"], parts["transformer"]
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    # Every caption the grammar can produce, and "", encoded once: the text encoder is frozen.
+    cache: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(seed)
+    start = 0
+    ckpt = out / "checkpoint.pt"
+    log = out / "loss.csv"
+    smooth = None
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        start, smooth = state["step"], state["smooth"]
+        if not quiet:
+            print(f"resuming at step {start}")
+    elif log.exists():
+        log.unlink()
+    offset = 0.0
+    if log.exists():  # keep the log up to the checkpoint (a killed run may have logged a few steps more)
+        kept = [line for line in log.read_text().splitlines()[1:] if int(line.split(",")[0]) <= start]
+        offset = float(kept[-1].split(",")[-1]) if kept else 0.0
+        log.write_text("\n".join(["step,loss,smooth,lr,seconds", *kept]) + "\n")
+    else:
+        log.write_text("step,loss,smooth,lr,seconds\n")
+    params = sum(p.numel() for p in model.parameters())
+    if not quiet:
+        print(f"transformer: {params / 1e6:.2f} M parameters; {steps} steps of {batch} clips "
+              f"({size.frames}x{size.height}x{size.width} px, "
+              f"{size.frames * (size.height // size.patch) * (size.width // size.patch)} tokens)")
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, steps):
+        x0, captions = batch_of(step, batch, seed, size)
+        keep = torch.rand(batch, generator=gen) >= drop
+        captions = [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
+        missing = sorted({c for c in captions if c not in cache})
+        if missing:
+            cache.update(zip(missing, encode_captions(tokenizer, text_encoder, missing), strict=True))
+        text = torch.stack([cache[c] for c in captions])
+        s = torch.sigmoid(torch.randn(batch, generator=gen))  # logit-normal(0, 1), as SD3
+        noise = torch.randn(x0.shape, generator=gen)
+        sb = s[:, None, None, None, None]
+        xs = (1 - sb) * x0 + sb * noise
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        pred = model(hidden_states=xs, timestep=s * 1000, encoder_hidden_states=text, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+        value = loss.item()
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        seconds = offset + time.perf_counter() - t0
+        with log.open("a") as f:
+            f.write(f"{step + 1},{value:.5f},{smooth:.5f},{opt.param_groups[0]['lr']:.6g},{seconds:.1f}\n")
+        if (step + 1) % 50 == 0 and not quiet:
+            print(f"step {step + 1}/{steps} loss {value:.4f} (smoothed {smooth:.4f}) {seconds:.0f} s", flush=True)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "gen": gen.get_state(), "step": step + 1, "smooth": smooth}, ckpt)
+    return save_pipeline(out / "pipeline", tokenizer, text_encoder, ema)
+
+
+def save_pipeline(folder: Path, tokenizer, text_encoder, transformer) -> Path:
+    pipe = MovingShapesPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer.eval(),
+                                scheduler=shapes_scheduler())
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def export(out: Path, seed: int = 0, size: ShapesSize | None = None) -> Path:
+    """Save the EMA weights of ``out/checkpoint.pt`` as a pipeline in ``out/pipeline`` (e.g. mid-training)."""
+    parts = build_components(size or ShapesSize(), seed)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    parts["transformer"].load_state_dict(state["ema"])
+    return save_pipeline(out / "pipeline", parts["tokenizer"], parts["text_encoder"], parts["transformer"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--export", action="store_true", help="only save the checkpoint's EMA weights as a pipeline")
+    args = parser.parse_args(argv)
+    if args.export:
+        print(f"saved the EMA pipeline to {export(args.out, args.seed)}")
+        return
+    folder = train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                   ema_decay=args.ema, save_every=args.save_every, threads=args.threads)
+    print(f"saved the EMA pipeline to {folder}")
+
+
+if __name__ == "__main__":
+    main()

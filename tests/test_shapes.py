@@ -1,0 +1,156 @@
+"""The moving-shapes model: its pipeline, training script, shipped weights, and the pixel reader.
+
+The pipeline and training tests use a 1-layer model trained for a few steps (seconds); the
+shipped-weights tests load the real trained model from the package and check, by pixels, that it
+draws the captioned colour, background and direction.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import headsparse
+from headsparse.pipelines import moving_shapes
+from headsparse.pipelines.shapes import (
+    WEIGHTS,
+    MovingShapesPipeline,
+    ShapesSize,
+    build_components,
+    load_moving_shapes_pipeline,
+    shapes_scheduler,
+)
+from headsparse.pipelines.train_shapes import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = ShapesSize(layers=1, heads=2, head_dim=16, ffn=32, frames=4, height=16, width=16)
+
+
+def small_pipeline(seed: int = 0) -> MovingShapesPipeline:
+    parts = build_components(SMALL, seed)
+    pipe = MovingShapesPipeline(**parts, scheduler=shapes_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompt="a red circle moving left", **kw):
+    kw = {"num_frames": 4, "height": 16, "width": 16, "num_inference_steps": 3,
+          "generator": torch.Generator().manual_seed(0), **kw}
+    return pipe(prompt, **kw).frames
+
+
+# ---------------------------------------------------------------- the pixel reader
+def test_describe_reads_the_dataset():
+    counts = dict.fromkeys(("colour", "shape", "background", "direction", "motion"), 0)
+    moving = moving_right = 0
+    for seed in range(60):
+        c = moving_shapes.sample_clip(seed)
+        m = moving_shapes.describe(moving_shapes.render(c)).matches(c)
+        for k in counts:
+            counts[k] += m[k]
+        if c.motion == "moving":
+            moving += 1
+            moving_right += m["direction"] and m["motion"]
+    assert counts["colour"] == counts["background"] == 60
+    assert counts["shape"] >= 57
+    assert moving_right == moving  # constant-speed clips are read exactly
+    assert counts["direction"] >= 52  # bouncing clips may start at an edge and move the other way first
+
+
+def test_describe_accepts_channels_last_and_blank_videos():
+    c = moving_shapes.sample_clip(3)
+    video = moving_shapes.render(c)
+    assert moving_shapes.describe(video.permute(0, 2, 3, 1)) == moving_shapes.describe(video)
+    blank = moving_shapes.describe(torch.zeros(4, 3, 16, 16))
+    assert blank.colour is None and blank.shape is None and blank.direction is None and blank.background == "black"
+
+
+def test_parse_caption():
+    for seed in range(20):
+        c = moving_shapes.sample_clip(seed)
+        p = moving_shapes.parse_caption(c.caption)
+        assert (p.colour, p.shape, p.background, p.direction, p.motion) == (
+            c.colour, c.shape, c.background, c.direction, c.motion)
+
+
+# ---------------------------------------------------------------- the pipeline
+def test_pipeline_generates_videos_in_range_and_reproducibly():
+    pipe = small_pipeline()
+    a = generate(pipe)
+    b = generate(pipe)
+    assert a.shape == (1, 4, 16, 16, 3) and a.min() >= 0 and a.max() <= 1
+    np.testing.assert_array_equal(a, b)
+    pt = generate(pipe, ["a red circle moving left", "a blue square bouncing up"], guidance_scale=1.0,
+                  num_frames=2, height=20, width=24, output_type="pt")
+    assert isinstance(pt, torch.Tensor) and pt.shape == (2, 2, 20, 24, 3)
+
+
+def test_pipeline_refuses_bad_sizes():
+    pipe = small_pipeline()
+    with pytest.raises(ValueError, match="multiples of 4"):
+        generate(pipe, height=18)
+    with pytest.raises(ValueError, match="output_type"):
+        generate(pipe, output_type="pil")
+
+
+def test_patching_the_pipeline(tmp_path):
+    pipe = small_pipeline()
+    ref = generate(pipe, num_frames=4, height=32, width=32)
+    with headsparse.patch(pipe, pattern="dense"):
+        np.testing.assert_array_equal(generate(pipe, num_frames=4, height=32, width=32), ref)
+    with headsparse.patch(pipe, pattern="spatial", first_frame_sink=False, block_size=64) as handle:
+        sparse = generate(pipe, num_frames=4, height=32, width=32)
+        rows = handle.summary(print_table=False)
+    assert not np.array_equal(sparse, ref)
+    assert {r["pattern"] for r in rows} == {"spatial(first_frame_sink=False)"}
+    assert all(r["density"] == pytest.approx(0.25) for r in rows)
+    np.testing.assert_array_equal(generate(pipe, num_frames=4, height=32, width=32), ref)  # unpatched again
+
+
+# ---------------------------------------------------------------- training
+def _train(out, steps):
+    return train(out, steps=steps, batch=2, lr=1e-3, seed=0, ema_decay=0.9, save_every=2, warmup=2, size=SMALL,
+                 quiet=True)
+
+
+def test_training_logs_resumes_exactly_and_saves_a_loadable_pipeline(tmp_path):
+    straight = _train(tmp_path / "a", 3)
+    _train(tmp_path / "b", 2)
+    resumed = _train(tmp_path / "b", 3)  # continues from b's step-2 checkpoint
+    with (tmp_path / "a" / "loss.csv").open() as f:
+        rows_a = list(csv.DictReader(f))
+    with (tmp_path / "b" / "loss.csv").open() as f:
+        rows_b = list(csv.DictReader(f))
+    assert [r["step"] for r in rows_a] == ["1", "2", "3"]
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    pa, pb = load_moving_shapes_pipeline(straight), load_moving_shapes_pipeline(resumed)
+    for (name, x), (_, y) in zip(pa.transformer.state_dict().items(), pb.transformer.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(x, y), name
+    np.testing.assert_array_equal(generate(pa), generate(pb))
+
+
+def test_loading_a_folder_without_weights_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no moving-shapes weights"):
+        load_moving_shapes_pipeline(tmp_path)
+
+
+# ---------------------------------------------------------------- the shipped, trained model
+def test_shipped_weights_are_small_safetensors():
+    files = sorted(p for p in WEIGHTS.rglob("*") if p.is_file())
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert not any(p.suffix in (".bin", ".pt", ".pth") for p in files)
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
+
+
+@pytest.mark.parametrize("seed", [10**9 + 3, 10**9 + 8])
+def test_shipped_model_draws_the_caption(seed):
+    pipe = load_moving_shapes_pipeline()
+    clip = moving_shapes.sample_clip(seed)
+    video = pipe(clip.caption, num_inference_steps=20, generator=torch.Generator().manual_seed(0)).frames[0]
+    reading = moving_shapes.describe(torch.from_numpy(video))
+    assert reading.colour == clip.colour and reading.background == clip.background, (clip.caption, reading)
