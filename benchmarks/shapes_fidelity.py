@@ -24,7 +24,7 @@ import torch
 
 import headsparse
 from headsparse.pipelines import moving_shapes
-from headsparse.pipelines.generate import GenerateRequest, run_once
+from headsparse.pipelines.generate import GenerateRequest, run_once, warm_up
 from headsparse.pipelines.metrics import psnr, ssim
 from headsparse.pipelines.presets import preset_for
 from headsparse.pipelines.shapes import load_moving_shapes_pipeline
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     frames, height, width = (int(x) for x in args.grid.split("x"))
+    args.out.mkdir(parents=True, exist_ok=True)
     preset = preset_for("shapes")
     pipe = load_moving_shapes_pipeline(args.model_path)
     warm = {"dense_steps": preset.dense_steps, "dense_layers": preset.dense_layers}
@@ -86,10 +87,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown modes {unknown}; choose from {[*FAMILIES, 'auto', 'plan']}")
 
-    # Warm every mode's first-call costs (compilation, layouts) on a 1-step run before timing anything.
+    # Pay every mode's first-call costs (compilation, layouts) on an untimed 1-step run before timing anything.
     for kwargs in [{}, *modes.values()]:
-        req = GenerateRequest(**{**requests[0].__dict__, "steps": 1})
-        run_once(pipe, preset, req, "warm-up", {**kwargs, "dense_steps": 0} if "dense_steps" in kwargs else kwargs)
+        warm_up(pipe, preset, requests[0], kwargs)
     dense = [run_once(pipe, preset, r, "dense", {}) for r in requests]
     dense_att = sum(d.attention_s for d in dense)
     dense_wall = sum(d.wall_s for d in dense)
@@ -111,8 +111,7 @@ def main() -> None:
     ]
 
     def read(frames_np: np.ndarray, caption: str) -> int:
-        return sum(moving_shapes.describe(torch.from_numpy(frames_np)).matches(
-            moving_shapes.parse_caption(caption)).values())
+        return sum(moving_shapes.caption_matches(torch.from_numpy(frames_np), caption).values())
 
     total_fields = 5 * len(captions)
     dense_read = sum(read(d.frames, c) for d, c in zip(dense, captions, strict=True))

@@ -127,7 +127,7 @@ def main() -> None:
         for source, vids in (("generated", [torch.from_numpy(v) for v in videos_np]), ("dataset", real)):
             hits = {f: 0 for f in (*FIELDS, "all")}
             for video, caption in zip(vids, captions, strict=True):
-                m = moving_shapes.describe(video).matches(moving_shapes.parse_caption(caption))
+                m = moving_shapes.caption_matches(video, caption)
                 for f in FIELDS:
                     hits[f] += m[f]
                 hits["all"] += all(m.values())

@@ -206,3 +206,8 @@ def describe(video: Tensor, *, min_pixels: int = 4, min_step: float = 0.25) -> R
             direction = next(d for d, v in DIRECTIONS.items() if v[axis] == sign)
             motion = "bouncing" if any(a * sign < 0 for a in along) else "moving"
     return Reading(colour, shape, names[background], direction, motion, fill, tuple(path))
+
+
+def caption_matches(video: Tensor, caption: str) -> dict[str, bool]:
+    """Per caption field (colour, shape, background, direction, motion): does ``describe(video)`` read it?"""
+    return describe(video).matches(parse_caption(caption))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import DiffusionPipeline
 from torch import Tensor
 
 from headsparse.pipelines import moving_shapes
@@ -88,13 +89,7 @@ def to_pixels(video: Tensor) -> Tensor:
     return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)
 
 
-def _pipeline_base():
-    from diffusers import DiffusionPipeline
-
-    return DiffusionPipeline
-
-
-class MovingShapesPipeline(_pipeline_base()):
+class MovingShapesPipeline(DiffusionPipeline):
     """Text-to-video with the moving-shapes model: flow-matching Euler in pixel space, optional CFG.
 
     ``pipe(prompt, num_frames=8, height=32, width=32, num_inference_steps=20, guidance_scale=3.0)``
@@ -187,7 +182,7 @@ def load_moving_shapes_pipeline(path: str | Path | None = None, dtype: torch.dty
             f"no moving-shapes weights at {folder} (expected model_index.json); train them with "
             "`python -m headsparse.pipelines.train_shapes --out DIR`"
         )
-    pipe = MovingShapesPipeline.from_pretrained(folder, torch_dtype=dtype, tokenizer=shapes_tokenizer())
+    pipe = MovingShapesPipeline.from_pretrained(folder, torch_dtype=dtype)
     pipe.text_encoder.to(torch.float32)  # tiny; float32 keeps caption embeddings identical across dtypes
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
