@@ -6,7 +6,8 @@ video at the training grid (8 frames of 32x32 pixels) and at larger grids; each 
 centroid path -> direction and whether it turns back) and compared with its caption. The same
 reader on the dataset's own clips of those seeds gives the ceiling (bouncing clips that start at
 an edge move away from their captioned direction first, so even real clips are not read 100%).
-Writes a mosaic GIF per grid, the loss curve PNG from the training log, and a markdown table.
+Writes a mosaic GIF per grid, the loss curve PNG from the training logs (one per stage), and a
+markdown table.
 
     python benchmarks/shapes_videos.py                   # results/shapes_videos_cpu.md, results/shapes/
     python benchmarks/shapes_videos.py --count 4 --grids 8x32x32 --steps 4   # a quick look
@@ -58,27 +59,34 @@ def mosaic(videos: np.ndarray, captions: list[str], columns: int = 4, scale: int
     return canvas
 
 
-def loss_curve(log: Path, out: Path) -> dict[str, float]:
+def loss_curve(logs: list[Path], out: Path) -> list[dict[str, float]]:
+    """Plot the training logs of successive stages (each resumed from the last) against CPU hours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with log.open() as f:
-        rows = list(csv.DictReader(f))
-    step = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    ax.plot(step, [float(r["loss"]) for r in rows], lw=0.4, alpha=0.35, label="batch loss")
-    ax.plot(step, [float(r["smooth"]) for r in rows], lw=1.5, label="smoothed (EMA 0.98)")
-    ax.set_xlabel("step (16 clips each)")
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=120)
+    stages, offset = [], 0.0
+    for n, log in enumerate(logs, 1):
+        with log.open() as f:
+            rows = list(csv.DictReader(f))
+        hours = [offset + float(r["seconds"]) / 3600 for r in rows]
+        ax.plot(hours, [float(r["loss"]) for r in rows], lw=0.4, alpha=0.3, color=f"C{n - 1}")
+        ax.plot(hours, [float(r["smooth"]) for r in rows], lw=1.5, color=f"C{n - 1}",
+                label=f"stage {n}: {len(rows)} steps (smoothed)")
+        stages.append({"steps": int(rows[-1]["step"]), "final_smooth": float(rows[-1]["smooth"]),
+                       "hours": hours[-1] - offset})
+        offset = hours[-1]
+    ax.set_xlabel("training time on this CPU (hours)")
     ax.set_ylabel("flow-matching MSE")
     ax.set_yscale("log")
-    ax.set_title("moving-shapes model: training loss")
+    ax.set_title("moving-shapes model: training loss (thin: batch loss)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-    return {"steps": step[-1], "final_smooth": float(rows[-1]["smooth"]), "hours": float(rows[-1]["seconds"]) / 3600}
+    return stages
 
 
 def main() -> None:
@@ -88,7 +96,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=16, help="captions per grid")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--train-log", type=Path, default=RESULTS / "shapes_train_loss.csv")
+    parser.add_argument("--train-logs", type=Path, nargs="+", help="loss.csv of each training stage, in order",
+                        default=[RESULTS / "shapes_train_loss.csv", RESULTS / "shapes_train_loss_stage2.csv"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -138,10 +147,14 @@ def main() -> None:
         write_gif(mosaic(np.stack([r.permute(0, 2, 3, 1).numpy() for r in real]), captions),
                   gif_dir / f"dataset_{text}.gif", fps=6)
         print(lines[-2], lines[-1], f"-> {gif}", sep="\n", flush=True)
-    if args.train_log.is_file():
-        info = loss_curve(args.train_log, args.out / "shapes_loss.png")
-        lines += ["", f"Training: {info['steps']} steps, {info['hours']:.2f} h on this CPU, final smoothed loss "
-                  f"{info['final_smooth']:.4f}; curve: `shapes_loss.png`, log: `{args.train_log.name}`."]
+    logs = [log for log in args.train_logs if log.is_file()]
+    if logs:
+        stages = loss_curve(logs, args.out / "shapes_loss.png")
+        done = "; ".join(f"stage {n}: {st['steps']} steps in {st['hours']:.2f} h, final smoothed loss "
+                         f"{st['final_smooth']:.4f} (`{log.name}`)"
+                         for n, (st, log) in enumerate(zip(stages, logs, strict=True), 1))
+        lines += ["", f"Training on this CPU: {done}; {sum(st['hours'] for st in stages):.2f} h in all; "
+                  "curve: `shapes_loss.png`."]
     lines += ["", "GIFs (generated, and the dataset's clips of the same captions): `shapes/generated_<grid>.gif`, "
               "`shapes/dataset_<grid>.gif`.", ""]
     (args.out / "shapes_videos_cpu.md").write_text("\n".join(lines))

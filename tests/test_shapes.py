@@ -134,6 +134,28 @@ def test_training_logs_resumes_exactly_and_saves_a_loadable_pipeline(tmp_path):
     np.testing.assert_array_equal(generate(pa), generate(pb))
 
 
+def test_training_starts_from_a_saved_pipeline(tmp_path):
+    first = _train(tmp_path / "a", 2)
+    # lr 0: the second stage changes nothing, so what it saves is exactly what it started from.
+    second = train(tmp_path / "b", steps=1, batch=2, lr=0.0, seed=1, ema_decay=0.9, save_every=2, warmup=1,
+                   size=SMALL, init=first, quiet=True)
+    pa, pb = load_moving_shapes_pipeline(first), load_moving_shapes_pipeline(second)
+    for module in ("transformer", "text_encoder"):
+        a, b = getattr(pa, module).state_dict(), getattr(pb, module).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), module
+    # The same command resumes a stage that started from ``init``: 2 + 1 steps equal 3 straight.
+    stage = dict(batch=2, lr=1e-3, seed=1, ema_decay=0.9, save_every=2, warmup=2, size=SMALL, init=first, quiet=True)
+    straight = train(tmp_path / "s", steps=3, **stage)
+    train(tmp_path / "r", steps=2, **stage)
+    resumed = train(tmp_path / "r", steps=3, **stage)
+    ps, pr = load_moving_shapes_pipeline(straight), load_moving_shapes_pipeline(resumed)
+    np.testing.assert_array_equal(generate(ps), generate(pr))
+    assert not np.array_equal(generate(ps), generate(pa))
+    with pytest.raises(FileNotFoundError, match="init: no text_encoder"):
+        train(tmp_path / "c", steps=1, batch=2, lr=0.0, seed=0, ema_decay=0.9, save_every=2, size=SMALL,
+              init=tmp_path, quiet=True)
+
+
 def test_loading_a_folder_without_weights_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no moving-shapes weights"):
         load_moving_shapes_pipeline(tmp_path)

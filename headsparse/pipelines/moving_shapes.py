@@ -1,7 +1,7 @@
 """Moving shapes: the procedural captioned video dataset the in-house tiny model trains on.
 
-Each clip is one coloured shape (circle, square, triangle) moving at constant speed, or bouncing
-off the frame's edges, over a plain background, with a caption from a small grammar
+Each clip is one coloured shape (circle, square, triangle) of a fixed size, moving at a constant
+speed, or bouncing off the frame's edges, over a plain background, with a caption from a small grammar
 ("a red circle moving left", "a blue square bouncing on a gray background"). Everything follows
 from the clip's seed, so a dataset is an index range, not files: training streams clips, tests
 regenerate any clip exactly. Shapes and colours are chosen so that a generated video can be
@@ -27,6 +27,13 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up"
 MOTIONS = ("moving", "bouncing")
 # Fraction of its bounding square that each shape fills (used to recognise shapes by pixels).
 FILL = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
+# The side of a shape's bounding square, as a fraction of the frame's shorter side, and the speed of
+# each motion as the fraction of the free span (frame minus shape) travelled over the clip. Both are
+# fixed: what varies is what the caption says (shape, colour, background, direction, motion) and
+# where the shape starts, so a small model trained on a CPU for an hour or two spends its capacity
+# on the caption and on keeping one shape on one path, not on sizes and speeds no caption names.
+SIZE = 0.375
+SPEED = {"moving": 0.75, "bouncing": 1.25}
 
 
 @dataclass(frozen=True)
@@ -68,15 +75,12 @@ def sample_clip(seed: int, *, height: int = 32, width: int = 32, frames: int = 8
 
     shape, colour, background = pick(SHAPES), pick(COLOURS), pick(BACKGROUNDS)
     direction, motion = pick(DIRECTIONS), pick(MOTIONS)
-    side = min(height, width)
-    size = uniform(0.25, 0.4) * side
+    size = SIZE * min(height, width)
     dy, dx = DIRECTIONS[direction]
     extent = height if dy else width
-    if motion == "moving":
-        # Stay inside the frame for the whole clip: travel at most what is left of the frame.
-        speed = uniform(0.5, 1.0) * (extent - size) / (frames - 1)
-    else:
-        speed = uniform(1.0, 1.5) * (extent - size) / (frames - 1)  # far enough to hit an edge and turn
+    # Moving clips stay inside the frame (they travel part of what is left of it); bouncing clips
+    # travel further than that, so they hit an edge and turn.
+    speed = SPEED[motion] * (extent - size) / (frames - 1)
     half = size / 2
     travel = speed * (frames - 1) if motion == "moving" else 0.0
     lo_y, hi_y = half, height - half

@@ -51,14 +51,21 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay: float, save_every: int,
           warmup: int = 200, drop: float = 0.1, threads: int | None = None, size: ShapesSize | None = None,
-          quiet: bool = False) -> Path:
-    """Train (resuming from ``out/checkpoint.pt`` if present); returns the saved pipeline folder."""
+          init: Path | None = None, quiet: bool = False) -> Path:
+    """Train (resuming from ``out/checkpoint.pt`` if present); returns the saved pipeline folder.
+
+    ``init`` is a saved pipeline folder whose transformer and text encoder weights the run starts
+    from (a second stage of training); when resuming, the checkpoint's transformer replaces the
+    init's, so the same command both starts and resumes a stage.
+    """
     if threads:
         torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     size = size or ShapesSize()
     parts = build_components(size, seed)
     tokenizer, text_encoder, model = parts["tokenizer"], parts["text_encoder"], parts["transformer"]
+    if init is not None:
+        start_from(init, text_encoder, model)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     # Every caption the grammar can produce, and "", encoded once: the text encoder is frozen.
@@ -130,6 +137,15 @@ def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay:
     return save_pipeline(out / "pipeline", tokenizer, text_encoder, ema)
 
 
+def start_from(folder: Path, text_encoder, transformer) -> None:
+    """Load the text encoder and transformer weights of the pipeline saved in ``folder``."""
+    for name, module in (("text_encoder", text_encoder), ("transformer", transformer)):
+        if not (Path(folder) / name / "config.json").is_file():
+            raise FileNotFoundError(f"init: no {name} in {folder} (expected a saved MovingShapesPipeline)")
+        saved = type(module).from_pretrained(Path(folder) / name)
+        module.load_state_dict(saved.state_dict(), strict=True)
+
+
 def save_pipeline(folder: Path, tokenizer, text_encoder, transformer) -> Path:
     pipe = MovingShapesPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer.eval(),
                                 scheduler=shapes_scheduler())
@@ -137,9 +153,11 @@ def save_pipeline(folder: Path, tokenizer, text_encoder, transformer) -> Path:
     return folder
 
 
-def export(out: Path, seed: int = 0, size: ShapesSize | None = None) -> Path:
+def export(out: Path, seed: int = 0, size: ShapesSize | None = None, init: Path | None = None) -> Path:
     """Save the EMA weights of ``out/checkpoint.pt`` as a pipeline in ``out/pipeline`` (e.g. mid-training)."""
     parts = build_components(size or ShapesSize(), seed)
+    if init is not None:  # the text encoder the run was trained with
+        start_from(init, parts["text_encoder"], parts["transformer"])
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     parts["transformer"].load_state_dict(state["ema"])
     return save_pipeline(out / "pipeline", parts["tokenizer"], parts["text_encoder"], parts["transformer"])
@@ -155,13 +173,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="a saved pipeline folder to start from (e.g. the shipped weights)")
     parser.add_argument("--export", action="store_true", help="only save the checkpoint's EMA weights as a pipeline")
     args = parser.parse_args(argv)
     if args.export:
-        print(f"saved the EMA pipeline to {export(args.out, args.seed)}")
+        print(f"saved the EMA pipeline to {export(args.out, args.seed, init=args.init)}")
         return
     folder = train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                   ema_decay=args.ema, save_every=args.save_every, threads=args.threads)
+                   ema_decay=args.ema, save_every=args.save_every, threads=args.threads, warmup=args.warmup,
+                   init=args.init)
     print(f"saved the EMA pipeline to {folder}")
 
 
