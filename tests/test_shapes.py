@@ -55,10 +55,8 @@ def test_describe_reads_the_dataset():
         if c.motion == "moving":
             moving += 1
             moving_right += m["direction"] and m["motion"]
-    assert counts["colour"] == counts["background"] == 60
-    assert counts["shape"] >= 57
-    assert moving_right == moving  # constant-speed clips are read exactly
-    assert counts["direction"] >= 52  # bouncing clips may start at an edge and move the other way first
+    assert moving and moving_right == moving
+    assert counts == dict.fromkeys(counts, 60)  # every field of every clip (bouncing clips go their way first)
 
 
 def test_describe_accepts_channels_last_and_blank_videos():

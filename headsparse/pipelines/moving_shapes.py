@@ -82,10 +82,12 @@ def sample_clip(seed: int, *, height: int = 32, width: int = 32, frames: int = 8
     # travel further than that, so they hit an edge and turn.
     speed = SPEED[motion] * (extent - size) / (frames - 1)
     half = size / 2
-    travel = speed * (frames - 1) if motion == "moving" else 0.0
+    # How far the shape must be able to go the captioned way from its start: a constant-speed clip
+    # its whole path (it ends inside the frame); a bouncing clip two frames' worth before its first
+    # bounce, so that it is seen going the way its caption says before it turns.
+    travel = speed * (frames - 1) if motion == "moving" else min(2 * speed, (extent - size) / 2)
     lo_y, hi_y = half, height - half
     lo_x, hi_x = half, width - half
-    # Start so that a constant-speed clip ends inside the frame.
     y = uniform(lo_y, hi_y) if dy == 0 else (uniform(lo_y, hi_y - travel) if dy > 0 else uniform(lo_y + travel, hi_y))
     x = uniform(lo_x, hi_x) if dx == 0 else (uniform(lo_x, hi_x - travel) if dx > 0 else uniform(lo_x + travel, hi_x))
     return Clip(shape, colour, background, direction, motion, size, speed, (y, x))

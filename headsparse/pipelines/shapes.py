@@ -27,6 +27,9 @@ from headsparse.pipelines import moving_shapes
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "moving_shapes"
 MAX_TOKENS = 16  # longest caption: "a yellow triangle bouncing right on a gray background" + </s>
+# Noise-level shift (as in SD3 / Wan): training samples and the sampler's steps lean towards high
+# noise, where a video's layout (where the shape is in every frame) is decided.
+SHIFT = 2.0
 
 
 @dataclass(frozen=True)
@@ -163,10 +166,10 @@ class MovingShapesPipeline(DiffusionPipeline):
         return WanPipelineOutput(frames=out) if return_dict else (out,)
 
 
-def shapes_scheduler():
+def shapes_scheduler(shift: float = SHIFT):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    return FlowMatchEulerDiscreteScheduler(shift=1.0)
+    return FlowMatchEulerDiscreteScheduler(shift=shift)
 
 
 def load_moving_shapes_pipeline(path: str | Path | None = None, dtype: torch.dtype = torch.float32,

@@ -1,8 +1,9 @@
 """Train the moving-shapes model on this CPU: ``python -m headsparse.pipelines.train_shapes --out DIR``.
 
 Rectified flow (flow matching) as diffusers' ``FlowMatchEulerDiscreteScheduler`` samples it:
-``x_s = (1 - s) x0 + s noise`` with ``s`` logit-normal (SD3), the transformer predicts
-``noise - x0`` at timestep ``1000 s``. Captions are dropped (replaced by "") 10% of the time so
+``x_s = (1 - s) x0 + s noise`` with ``s`` logit-normal (SD3) and shifted towards high noise by
+``shapes.SHIFT`` (``s -> shift s / (1 + (shift - 1) s)``, the sampler's own shift), the
+transformer predicts ``noise - x0`` at timestep ``1000 s``. Captions are dropped (replaced by "") 10% of the time so
 that classifier-free guidance works. AdamW with warm-up and cosine decay; an exponential moving
 average of the weights is what gets saved. Everything follows from ``--seed``: clip ``i`` of the
 stream is ``moving_shapes.clip(seed * 10**7 + i)``, so a rerun reproduces the same batches.
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from headsparse.pipelines import moving_shapes
 from headsparse.pipelines.shapes import (
+    SHIFT,
     MovingShapesPipeline,
     ShapesSize,
     build_components,
@@ -51,7 +53,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay: float, save_every: int,
           warmup: int = 200, drop: float = 0.1, threads: int | None = None, size: ShapesSize | None = None,
-          init: Path | None = None, quiet: bool = False) -> Path:
+          init: Path | None = None, shift: float = SHIFT, quiet: bool = False) -> Path:
     """Train (resuming from ``out/checkpoint.pt`` if present); returns the saved pipeline folder.
 
     ``init`` is a saved pipeline folder whose transformer and text encoder weights the run starts
@@ -109,6 +111,7 @@ def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay:
             cache.update(zip(missing, encode_captions(tokenizer, text_encoder, missing), strict=True))
         text = torch.stack([cache[c] for c in captions])
         s = torch.sigmoid(torch.randn(batch, generator=gen))  # logit-normal(0, 1), as SD3
+        s = shift * s / (1 + (shift - 1) * s)
         noise = torch.randn(x0.shape, generator=gen)
         sb = s[:, None, None, None, None]
         xs = (1 - sb) * x0 + sb * noise
@@ -134,7 +137,7 @@ def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay:
         if (step + 1) % save_every == 0 or step + 1 == steps:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "step": step + 1, "smooth": smooth}, ckpt)
-    return save_pipeline(out / "pipeline", tokenizer, text_encoder, ema)
+    return save_pipeline(out / "pipeline", tokenizer, text_encoder, ema, shift)
 
 
 def start_from(folder: Path, text_encoder, transformer) -> None:
@@ -146,21 +149,22 @@ def start_from(folder: Path, text_encoder, transformer) -> None:
         module.load_state_dict(saved.state_dict(), strict=True)
 
 
-def save_pipeline(folder: Path, tokenizer, text_encoder, transformer) -> Path:
+def save_pipeline(folder: Path, tokenizer, text_encoder, transformer, shift: float = SHIFT) -> Path:
     pipe = MovingShapesPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer.eval(),
-                                scheduler=shapes_scheduler())
+                                scheduler=shapes_scheduler(shift))
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def export(out: Path, seed: int = 0, size: ShapesSize | None = None, init: Path | None = None) -> Path:
+def export(out: Path, seed: int = 0, size: ShapesSize | None = None, init: Path | None = None,
+           shift: float = SHIFT) -> Path:
     """Save the EMA weights of ``out/checkpoint.pt`` as a pipeline in ``out/pipeline`` (e.g. mid-training)."""
     parts = build_components(size or ShapesSize(), seed)
     if init is not None:  # the text encoder the run was trained with
         start_from(init, parts["text_encoder"], parts["transformer"])
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     parts["transformer"].load_state_dict(state["ema"])
-    return save_pipeline(out / "pipeline", parts["tokenizer"], parts["text_encoder"], parts["transformer"])
+    return save_pipeline(out / "pipeline", parts["tokenizer"], parts["text_encoder"], parts["transformer"], shift)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,16 +178,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--shift", type=float, default=SHIFT, help="noise-level shift of training and sampling")
     parser.add_argument("--init", type=Path, default=None,
                         help="a saved pipeline folder to start from (e.g. the shipped weights)")
     parser.add_argument("--export", action="store_true", help="only save the checkpoint's EMA weights as a pipeline")
     args = parser.parse_args(argv)
     if args.export:
-        print(f"saved the EMA pipeline to {export(args.out, args.seed, init=args.init)}")
+        print(f"saved the EMA pipeline to {export(args.out, args.seed, init=args.init, shift=args.shift)}")
         return
     folder = train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                    ema_decay=args.ema, save_every=args.save_every, threads=args.threads, warmup=args.warmup,
-                   init=args.init)
+                   init=args.init, shift=args.shift)
     print(f"saved the EMA pipeline to {folder}")
 
 
