@@ -33,19 +33,34 @@ from headsparse.timing import device_name
 RESULTS = Path(__file__).parent / "results"
 SCORED = 10**9 + 700  # held-out clip seeds whose captions are scored
 CALIBRATION = 10**9 + 900  # held-out clip seeds whose captions calibrate the search
-# One setting per family, sized for the 16 x 16 x 16 token grid of 16 frames of 64x64 pixels.
-FAMILIES: dict[str, dict] = {
-    "spatial": {"pattern": "spatial"},
-    "temporal": {"pattern": "temporal"},
-    "neighborhood": {"pattern": "neighborhood", "kernel_size": (3, 9, 9)},
-    "sliding_tile": {"pattern": "sliding_tile", "window": (3, 3, 3)},
-    "diagonal": {"pattern": "diagonal", "half_width": 512},
-    "multi_diagonal": {"pattern": "multi_diagonal"},
-    "vertical_stripe": {"pattern": "vertical_stripe"},
-    "textural": {"pattern": "textural", "stride": 4},
-    "pooled": {"pattern": "pooled", "keep": 0.2},
-    "agent": {"pattern": "agent"},
-}
+MODES = ("spatial", "temporal", "neighborhood", "sliding_tile", "diagonal", "multi_diagonal", "vertical_stripe",
+         "textural", "pooled", "agent")
+
+
+def families(frames: int, height: int, width: int) -> dict[str, dict]:
+    """One setting per family for a token grid: windows of about half the frame, a band of 1/8 of the tokens.
+
+    At 16 x 16 x 16 tokens (16 frames of 64x64 pixels) these are neighbourhood (3, 9, 9), tiles of
+    4 x 8 x 8 and a diagonal half-width of 512.
+    """
+    def odd(n: int) -> int:  # the odd window nearest above half the axis, at most the axis
+        k = n // 2 + 1
+        return min(k + 1 - k % 2, n)
+
+    tokens = frames * height * width
+    return {
+        "spatial": {"pattern": "spatial"},
+        "temporal": {"pattern": "temporal"},
+        "neighborhood": {"pattern": "neighborhood", "kernel_size": (min(3, frames), odd(height), odd(width))},
+        "sliding_tile": {"pattern": "sliding_tile", "tile": (4, max(1, height // 2), max(1, width // 2)),
+                         "window": (3, 3, 3)},
+        "diagonal": {"pattern": "diagonal", "half_width": max(1, tokens // 8)},
+        "multi_diagonal": {"pattern": "multi_diagonal"},
+        "vertical_stripe": {"pattern": "vertical_stripe"},
+        "textural": {"pattern": "textural", "stride": 4},
+        "pooled": {"pattern": "pooled", "keep": 0.2},
+        "agent": {"pattern": "agent"},
+    }
 
 
 def main() -> None:
@@ -56,10 +71,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--budget", type=float, default=0.05, help="search budget (mean relative L2 per head)")
-    parser.add_argument("--modes", nargs="+", default=[*FAMILIES, "auto", "plan"])
+    parser.add_argument("--modes", nargs="+", default=[*MODES, "auto", "plan"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     frames, height, width = (int(x) for x in args.grid.split("x"))
+    family = families(frames, height // 4, width // 4)
     args.out.mkdir(parents=True, exist_ok=True)
     preset = preset_for("shapes")
     pipe = load_moving_shapes_pipeline(args.model_path)
@@ -69,7 +85,7 @@ def main() -> None:
                                 width=width, guidance=args.guidance, seed=i) for i, c in enumerate(captions)]
 
     plan_note = ""
-    modes: dict[str, dict] = {m: {**FAMILIES[m], **warm} for m in args.modes if m in FAMILIES}
+    modes: dict[str, dict] = {m: {**family[m], **warm} for m in args.modes if m in family}
     if "auto" in args.modes:
         modes["auto"] = {"plan": "auto", **warm}
     if "plan" in args.modes:
@@ -85,7 +101,7 @@ def main() -> None:
         modes["plan"] = {"plan": str(path)}
     unknown = [m for m in args.modes if m not in modes]
     if unknown:
-        raise SystemExit(f"unknown modes {unknown}; choose from {[*FAMILIES, 'auto', 'plan']}")
+        raise SystemExit(f"unknown modes {unknown}; choose from {[*MODES, 'auto', 'plan']}")
 
     # Pay every mode's first-call costs (compilation, layouts) on an untimed 1-step run before timing anything.
     for kwargs in [{}, *modes.values()]:

@@ -2,7 +2,7 @@
 
 The pipeline and training tests use a 1-layer model trained for a few steps (seconds); the
 shipped-weights tests load the real trained model from the package and check, by pixels, that it
-draws the captioned colour, background and direction.
+draws the captioned colour, background and shape, and moves it.
 """
 
 from __future__ import annotations
@@ -167,10 +167,23 @@ def test_shipped_weights_are_small_safetensors():
     assert sum(p.stat().st_size for p in files) <= 20 * 2**20
 
 
-@pytest.mark.parametrize("seed", [10**9 + 3, 10**9 + 8])
-def test_shipped_model_draws_the_caption(seed):
+def test_shipped_model_draws_the_captioned_colour_background_and_shape():
+    """Eight held-out captions at the training grid, as ``benchmarks/shapes_videos.py`` makes them.
+
+    The shipped model draws a shape of the captioned colour on the captioned background and moves
+    it; its outline is the captioned one most of the time. (The captioned direction is not learned
+    yet: not asserted.)
+    """
     pipe = load_moving_shapes_pipeline()
-    clip = moving_shapes.sample_clip(seed)
-    video = pipe(clip.caption, num_inference_steps=20, generator=torch.Generator().manual_seed(0)).frames[0]
-    read = moving_shapes.caption_matches(torch.from_numpy(video), clip.caption)
-    assert read["colour"] and read["background"], (clip.caption, read)
+    hits = dict.fromkeys(("colour", "shape", "background", "direction", "motion"), 0)
+    moved = 0
+    for i in range(8):
+        caption = moving_shapes.sample_clip(10**9 + i).caption
+        video = torch.from_numpy(pipe(caption, generator=torch.Generator().manual_seed(i)).frames[0])
+        reading = moving_shapes.describe(video)
+        moved += reading.direction is not None
+        for field, hit in reading.matches(moving_shapes.parse_caption(caption)).items():
+            hits[field] += hit
+    assert hits["colour"] == hits["background"] == 8, hits
+    assert hits["shape"] >= 5, hits
+    assert moved == 8, "every video shows a shape that moves"

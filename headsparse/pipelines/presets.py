@@ -63,7 +63,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                  "headsparse.pipelines.tiny); its videos are coloured noise, its attention structure is real; "
                  "CFG is off (guidance 1) because its text encoder is random too"),
     Preset("shapes", "MovingShapesPipeline", "WanTransformer3DModel", "(embedded; trained in-house)", True, "float32",
-           8, 16, 64, 64, 20, 3.0, dense_steps=0.2, dense_layers=1,
+           8, 16, 32, 32, 20, 3.0, dense_steps=0.2, dense_layers=1,
            notes="the embedded moving-shapes model (headsparse.pipelines.shapes): a 6-layer Wan transformer trained "
                  "on this project's CPU on captioned clips of coloured shapes, in pixel space; prompts follow the "
                  "grammar 'a <red|green|blue|yellow> <circle|square|triangle> <moving|bouncing> "
