@@ -115,7 +115,7 @@ def heatmap(counter: MassCounter, path: Path, title: str) -> None:
         for (y, x), val in np.ndenumerate(mass[:, :, i]):
             ax.text(x, y, f"{val:.2f}", ha="center", va="center", fontsize=7, color="w" if val < 0.6 else "k")
     fig.colorbar(im, ax=axes, shrink=0.8, label="attention mass kept")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.06)  # above the panel titles
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
