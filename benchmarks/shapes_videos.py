@@ -4,8 +4,7 @@ For held-out captions (clip seeds the training stream never uses), the dense pip
 video at the training grid (8 frames of 32x32 pixels) and at larger grids; each video is read by
 ``moving_shapes.describe`` (nearest-palette pixels: background, shape colour, fill ratio -> shape,
 centroid path -> direction and whether it turns back) and compared with its caption. The same
-reader on the dataset's own clips of those seeds gives the ceiling (bouncing clips that start at
-an edge move away from their captioned direction first, so even real clips are not read 100%).
+reader on the dataset's own clips of those seeds gives the ceiling (it reads every field of them).
 Writes a mosaic GIF per grid, the loss curve PNG from the training logs (one per stage), and a
 markdown table.
 

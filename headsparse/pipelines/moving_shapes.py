@@ -2,7 +2,7 @@
 
 Each clip is one coloured shape (circle, square, triangle) of a fixed size, moving at a constant
 speed, or bouncing off the frame's edges, over a plain background, with a caption from a small grammar
-("a red circle moving left", "a blue square bouncing on a gray background"). Everything follows
+("a red circle moving left", "a blue square bouncing up on a gray background"). Everything follows
 from the clip's seed, so a dataset is an index range, not files: training streams clips, tests
 regenerate any clip exactly. Shapes and colours are chosen so that a generated video can be
 checked by pixels (which colour, which shape by fill ratio, which direction by the centroid).

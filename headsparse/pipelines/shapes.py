@@ -7,7 +7,8 @@ flow-matching objective) of 6 layers x 4 heads x 32 channels, trained on this CP
 with 4x4 patches: the clips are flat colours on flat backgrounds, so a 4x4x3 patch is already a
 compact token (48 numbers per token for a 128-wide model) and a learned autoencoder would only add
 training time and a second source of error between "dense" and "sparse" videos. One clip is
-8 x 8 x 8 = 512 tokens; at generation the grid can grow (16 frames, 48x48 pixels: 2304 tokens).
+8 x 8 x 8 = 512 tokens; at generation more frames keep one coherent object (16 frames of 32x32:
+1024 tokens), while a larger frame (48x48, 64x64) repeats the object at its training size.
 Captions are encoded by a 2-layer UMT5 encoder with frozen random weights and a word-level
 tokenizer built in memory; the weights ship inside the package (``weights/moving_shapes``) and
 load offline with :func:`load_moving_shapes_pipeline`.
