@@ -33,10 +33,6 @@ from headsparse.timing import device_name
 RESULTS = Path(__file__).parent / "results"
 SCORED = 10**9 + 700  # held-out clip seeds whose captions are scored
 CALIBRATION = 10**9 + 900  # held-out clip seeds whose captions calibrate the search
-MODES = ("spatial", "temporal", "neighborhood", "sliding_tile", "diagonal", "multi_diagonal", "vertical_stripe",
-         "textural", "pooled", "agent")
-
-
 def families(frames: int, height: int, width: int) -> dict[str, dict]:
     """One setting per family for a token grid: windows of about half the frame, a band of 1/8 of the tokens.
 
@@ -61,6 +57,9 @@ def families(frames: int, height: int, width: int) -> dict[str, dict]:
         "pooled": {"pattern": "pooled", "keep": 0.2},
         "agent": {"pattern": "agent"},
     }
+
+
+MODES = tuple(families(16, 16, 16))  # the family names, in table order
 
 
 def main() -> None:

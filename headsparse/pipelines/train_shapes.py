@@ -3,9 +3,9 @@
 Rectified flow (flow matching) as diffusers' ``FlowMatchEulerDiscreteScheduler`` samples it:
 ``x_s = (1 - s) x0 + s noise`` with ``s`` logit-normal (SD3) and shifted towards high noise by
 ``shapes.SHIFT`` (``s -> shift s / (1 + (shift - 1) s)``, the sampler's own shift), the
-transformer predicts ``noise - x0`` at timestep ``1000 s``. Captions are dropped (replaced by "") 10% of the time so
-that classifier-free guidance works. AdamW with warm-up and cosine decay; an exponential moving
-average of the weights is what gets saved. Everything follows from ``--seed``: clip ``i`` of the
+transformer predicts ``noise - x0`` at timestep ``1000 s``. Captions are dropped (replaced by "")
+10% of the time so that classifier-free guidance works. AdamW with warm-up and cosine decay; an
+exponential moving average of the weights is what gets saved. Everything follows from ``--seed``: clip ``i`` of the
 stream is ``moving_shapes.clip(seed * 10**7 + i)``, so a rerun reproduces the same batches.
 The run writes ``loss.csv`` (step, loss, smoothed loss, lr, seconds) as it goes, a resumable
 ``checkpoint.pt`` every ``--save-every`` steps, and at the end the EMA pipeline
