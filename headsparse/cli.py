@@ -123,7 +123,7 @@ def _request(args: argparse.Namespace):
         plan=args.plan, negative_prompt=args.negative_prompt, steps=args.steps, frames=args.frames,
         height=args.height, width=args.width, guidance=args.guidance, seed=args.seed,
         dtype=args.dtype, device=args.device,
-        dense_steps=args.dense_steps, dense_layers=args.dense_layers, backend=args.backend,
+        dense_steps=args.dense_steps, dense_layers=args.dense_layers, max_cost=args.max_cost, backend=args.backend,
         compare_dense=args.compare_dense, cpu_offload=args.cpu_offload, progress=not args.quiet,
         warmup=not args.no_warmup,
     )
@@ -158,7 +158,7 @@ def _demo(args: argparse.Namespace) -> int:
          "(online recognition) from the same seed on this machine...")
     return _run_generate(GenerateRequest(model=args.model, prompt=args.prompt, out=Path(args.out), steps=args.steps,
                                          frames=args.frames, height=args.height, width=args.width,
-                                         compare_dense=True, progress=not args.quiet))
+                                         max_cost=args.max_cost, compare_dense=True, progress=not args.quiet))
 
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -206,6 +206,9 @@ def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--dense-steps", type=_dense_steps,
                    help="leading steps run dense: a count (2) or a fraction (0.2); default: the preset")
     g.add_argument("--dense-layers", type=int, help="leading layers run dense; default: the preset")
+    g.add_argument("--max-cost", type=float,
+                   help="auto: only patterns this device runs in at most this fraction of dense attention's time "
+                        "(measured once per geometry, cached); 1 = never slower than dense")
     g.add_argument("--backend", default="auto", choices=["auto", "triton", "grouped", "flex", "masked"])
     g.add_argument("--compare-dense", action="store_true",
                    help="also run dense from the same seed: side-by-side video and a speed/fidelity report")
@@ -236,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=int)
     d.add_argument("--height", type=int)
     d.add_argument("--width", type=int)
+    d.add_argument("--max-cost", type=float,
+                   help="only patterns this device runs within this fraction of dense time (1: never slower)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ and print its table")

@@ -1,13 +1,16 @@
 """Test setup: Triton kernels run in the interpreter on CPU, the hub is never contacted.
 
 TRITON_INTERPRET is read when ``@triton.jit`` decorates a function, so it is set here, before any
-headsparse module is imported.
+headsparse module is imported. Measured attention costs are cached in a temporary folder, not the
+user's ``~/.cache/headsparse`` (subprocesses inherit it).
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HEADSPARSE_CACHE", tempfile.mkdtemp(prefix="headsparse-test-cache-"))
 
 import pytest
 import torch

@@ -126,6 +126,10 @@ def test_generate_refuses_before_loading(tmp_path):
         generate(GenerateRequest(model="tiny", prompt="x", out=tmp_path, device="cpu", cpu_offload=True))
     with pytest.raises(GenerateError, match="needs --plan"):
         generate(GenerateRequest(model="tiny", prompt="x", out=tmp_path, mode="plan"))
+    with pytest.raises(GenerateError, match="--max-cost applies to online recognition"):
+        generate(GenerateRequest(model="tiny", prompt="x", out=tmp_path, mode="dense", max_cost=1.0))
+    with pytest.raises(GenerateError, match="--max-cost: max_cost must be"):
+        generate(GenerateRequest(model="tiny", prompt="x", out=tmp_path, mode="auto", max_cost=-1.0))
 
 
 # --------------------------------------------------------------------------------------------- CLI (subprocess)
@@ -137,7 +141,7 @@ def _tiny_plan(path: Path, model: str = "WanTransformer3DModel") -> Path:
 
 
 @pytest.mark.parametrize("mode", [["--dense"], ["--pattern", "neighborhood", "--param", "kernel_size=3,5,5"],
-                                  ["--plan", "PLAN"], ["--auto", "--compare-dense"]])
+                                  ["--plan", "PLAN"], ["--auto", "--compare-dense"], ["--auto", "--max-cost", "1e-6"]])
 def test_generate_cli_modes(tmp_path, mode):
     mode = [str(_tiny_plan(tmp_path / "plan.json")) if m == "PLAN" else m for m in mode]
     out = tmp_path / "out"
@@ -151,9 +155,12 @@ def test_generate_cli_modes(tmp_path, mode):
         assert report["layers"][0]["patterns"] == {"neighborhood(kernel_size=(3, 5, 5))": 2}
     if expected == "plan":
         assert report["layers"][0]["patterns"] == {"temporal": 2}
-    if expected == "auto":
+    if mode[1:2] == ["--compare-dense"]:
         assert "speedup" in report and (out / "side_by_side.mp4").is_file()
         assert sum(sum(r["patterns"].values()) for r in report["layers"]) == 8
+    if "--max-cost" in mode:  # no pattern runs in a millionth of dense time: every head stays dense
+        assert report["patch"]["recognizer"]["max_cost"] == 1e-6
+        assert all(set(r["patterns"]) <= {"dense"} for r in report["layers"]), report["layers"]
 
 
 def test_demo_runs_the_shipped_moving_shapes_model(tmp_path):

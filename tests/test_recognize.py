@@ -80,6 +80,52 @@ def test_unmatched_heads_stay_dense_and_bound_is_respected():
         Recognizer(error_bound=2.0)
 
 
+def test_max_cost_keeps_only_patterns_the_device_runs_fast(monkeypatch, tmp_path):
+    """With ``max_cost`` a head takes only a pattern measured within that fraction of dense time."""
+    from headsparse.patterns import recognize as recognize_module
+    from headsparse.search import CostModel
+
+    g = GEOMETRIES[0]
+    q, k, v = planted_qkv(g, ["spatial", "temporal", "global"], head_dim=64)
+    blocks = CostModel("blocks")
+    monkeypatch.setattr(recognize_module, "_cost_model", lambda device, dtype: blocks)
+    free = Recognizer().recognize(q, k, v, g, block=64)
+    assert [p.name for p in free.heads[:2]] == ["spatial", "temporal"]
+    # Just below spatial's block fraction, spatial is no longer affordable.
+    bound = float(blocks.costs(free.heads[:1], g, heads=3, head_dim=64, block=64)[0]) * 0.99
+    capped = Recognizer(max_cost=bound).recognize(q, k, v, g, block=64)
+    assert capped.heads[0].name != "spatial"
+    costs_capped = blocks.costs(capped.heads, g, heads=3, head_dim=64, block=64)
+    assert all(isinstance(p, Dense) or c <= bound for p, c in zip(capped.heads, costs_capped.tolist(), strict=True))
+    # Each pattern fits, but the layer's mix of heads does not: the layer runs dense.
+    mixed = blocks.layer_cost(free.heads, g, head_dim=64, block=64)
+    assert mixed > max(float(c) for p, c in zip(free.heads, blocks.costs(free.heads, g, heads=3, head_dim=64,
+                                                                          block=64), strict=True)
+                       if not isinstance(p, Dense))
+    too_mixed = Recognizer(max_cost=mixed * 0.99).recognize(q, k, v, g, block=64)
+    assert all(isinstance(p, Dense) for p in too_mixed.heads)
+    assert Recognizer(max_cost=mixed).recognize(q, k, v, g, block=64).heads == free.heads
+    # Nothing affordable: every head dense, and nothing sampled.
+    none = Recognizer(max_cost=1e-6).recognize(q, k, v, g, block=64)
+    assert all(isinstance(p, Dense) for p in none.heads) and none.errors == (0.0,) * 3
+    with pytest.raises(ValueError, match="max_cost"):
+        Recognizer(max_cost=0.0)
+
+
+def test_max_cost_measures_on_this_device_and_caches(monkeypatch, tmp_path):
+    monkeypatch.setenv("HEADSPARSE_CACHE", str(tmp_path))
+    from headsparse.patterns import recognize as recognize_module
+
+    recognize_module._cost_model.cache_clear()
+    g = Geometry(2, 8, 8)
+    q, k, v = planted_qkv(g, ["spatial", "global"], head_dim=32)
+    rec = Recognizer(max_cost=1e9).recognize(q, k, v, g, block=32)  # everything fits: cheapest measured first
+    assert not isinstance(rec.heads[0], Dense) and max(rec.errors) <= 0.05
+    cached = list(tmp_path.glob("cost-*.json"))
+    assert len(cached) == 1 and "pooled" in cached[0].read_text()  # the dynamic fallback is timed too
+    recognize_module._cost_model.cache_clear()
+
+
 # ---------------------------------------------------------------------------------------------- pooled
 
 

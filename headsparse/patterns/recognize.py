@@ -6,6 +6,10 @@ layout visits) estimate what it would output on those rows with its mask; the fi
 whose relative output error stays within ``error_bound`` wins. Heads no static candidate fits may
 take the dynamic ``pooled`` selection under the same test; the rest stay dense. The cost is a
 few matrix products of ``samples`` rows against the keys: a small fraction of the attention.
+With ``max_cost`` the recogniser also knows what the device runs fast: candidates whose measured
+time (:class:`headsparse.search.CostModel`, cached per device) exceeds that fraction of dense are
+never tried, a layer with none left runs dense without sampling anything, and a layer whose chosen
+mix of heads measures slower than that runs dense too.
 """
 
 from __future__ import annotations
@@ -142,6 +146,9 @@ class Recognizer:
 
     ``every``: re-recognise every this many denoising steps and reuse the decision in between.
     ``pooled``: the dynamic fallback tried before dense (None: straight to dense).
+    ``max_cost``: only try candidates whose attention this device runs in at most this fraction of
+    dense attention's time at the call's geometry, heads and dtype (1.0: never slower than dense;
+    None: choose by error alone). Measured on the first call of each geometry, cached on disk.
     """
 
     error_bound: float = 0.05
@@ -150,6 +157,7 @@ class Recognizer:
     candidates: tuple[Pattern, ...] | None = None
     pooled: PooledBlocks | None = DEFAULT_POOLED
     seed: int = 0
+    max_cost: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.error_bound < 1:
@@ -158,19 +166,40 @@ class Recognizer:
             raise ValueError(f"samples must be >= 1, got {self.samples!r}")
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every!r}")
+        if self.max_cost is not None and not self.max_cost > 0:
+            raise ValueError(f"max_cost must be None or > 0, got {self.max_cost!r}")
+
+    def affordable(self, geometry: Geometry, *, heads: int, head_dim: int, block: int, device: torch.device,
+                   dtype: torch.dtype) -> tuple[list[Pattern], PooledBlocks | None]:
+        """The candidates, cheapest first, and the pooled fallback, that fit ``max_cost`` on this device.
+
+        Without ``max_cost``: all of them, ordered by the fraction of blocks their layout visits.
+        """
+        candidates = list(self.candidates if self.candidates is not None else default_candidates(geometry))
+        if self.max_cost is None:
+            return sorted(candidates, key=lambda p: block_cost(p, geometry, block)), self.pooled
+        tried = candidates + ([self.pooled] if self.pooled is not None else [])
+        costs = _cost_model(str(device), dtype).costs(tried, geometry, heads=heads, head_dim=head_dim,
+                                                      block=block).tolist()
+        pooled = self.pooled if self.pooled is not None and costs[-1] <= self.max_cost else None
+        fitting = [(c, p) for p, c in zip(candidates, costs, strict=False) if c <= self.max_cost]
+        return [p for _, p in sorted(fitting, key=lambda cp: cp[0])], pooled
 
     def recognize(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, *, block: int = 128,
                   scale: float | None = None) -> Recognition:
         """Classify the heads of one attention call; q/k/v [B, H, L, D] (batch item 0 is sampled)."""
         start = time.perf_counter()
+        num_heads, length = q.shape[1], geometry.seq_len
+        candidates, pooled = self.affordable(geometry, heads=num_heads, head_dim=q.shape[-1], block=block,
+                                             device=q.device, dtype=q.dtype)
+        if not candidates and pooled is None:
+            return Recognition((Dense(),) * num_heads, (0.0,) * num_heads, time.perf_counter() - start)
         sampled = SampledAttention(q, k, v, geometry, samples=self.samples, seed=self.seed, scale=scale,
                                    min_mass=1 - 10 * self.error_bound)
         q0, k0 = q[0], k[0]
-        num_heads, length = sampled.num_heads, geometry.seq_len
         chosen: list[Pattern | None] = [None] * num_heads
         err: list[float] = [0.0] * num_heads
-        candidates = self.candidates if self.candidates is not None else default_candidates(geometry)
-        for pattern in sorted(candidates, key=lambda p: block_cost(p, geometry, block)):
+        for pattern in candidates:
             open_heads = torch.tensor([h for h in range(num_heads) if chosen[h] is None], dtype=torch.long)
             if open_heads.numel() == 0:
                 break
@@ -180,19 +209,32 @@ class Recognizer:
                     chosen[h], err[h] = pattern, value
         pooled_kinds: dict[int, Tensor] = {}
         open_heads = [h for h in range(num_heads) if chosen[h] is None]
-        if open_heads and self.pooled is not None:
+        if open_heads and pooled is not None:
             heads_t = torch.tensor(open_heads, dtype=torch.long, device=q0.device)
-            kinds = self.pooled.block_kinds_from_qk(q0[heads_t], k0[heads_t], geometry, block)
+            kinds = pooled.block_kinds_from_qk(q0[heads_t], k0[heads_t], geometry, block)
             masks = _block_row_mask(kinds, sampled.rows.to(kinds.device), length, block)
             e = sampled.errors(masks, heads_t)
             for i, (h, value) in enumerate(zip(open_heads, e.tolist(), strict=True)):
                 if value <= self.error_bound:
-                    chosen[h], err[h] = self.pooled, value
+                    chosen[h], err[h] = pooled, value
                     pooled_kinds[h] = kinds[i].cpu()
         for h in range(num_heads):
             if chosen[h] is None:
                 chosen[h] = Dense()
+        if self.max_cost is not None and not all(isinstance(p, Dense) for p in chosen):
+            # The heads run as one mixed layout, which can cost more than each pattern alone.
+            cost = _cost_model(str(q.device), q.dtype).layer_cost(chosen, geometry, head_dim=q.shape[-1], block=block)
+            if cost > self.max_cost:
+                chosen, err, pooled_kinds = [Dense()] * num_heads, [0.0] * num_heads, {}
         return Recognition(tuple(chosen), tuple(err), time.perf_counter() - start, pooled_kinds)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=8)
+def _cost_model(device: str, dtype: torch.dtype):
+    """One measured cost model per device and dtype (its ratios are cached on disk too)."""
+    from headsparse.search.cost import CostModel  # the search package imports the patterns
+
+    return CostModel("measured", device=device, dtype=dtype)
 
 
 def recognition_layout(rec: Recognition, geometry: Geometry, block: int) -> Layout:

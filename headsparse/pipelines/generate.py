@@ -59,6 +59,7 @@ class GenerateRequest:
     device: str | None = None
     dense_steps: float | None = None
     dense_layers: int | None = None
+    max_cost: float | None = None  # auto: only patterns this device runs within this fraction of dense time
     backend: str = "auto"
     compare_dense: bool = False
     cpu_offload: bool = False
@@ -87,6 +88,8 @@ def resolve_mode(request: GenerateRequest, preset: Preset) -> tuple[str, dict[st
         raise GenerateError(f"mode must be one of {MODES}, got {mode!r}")
     if request.plan is not None and mode != "plan":
         raise GenerateError("--plan was given with another mode")
+    if request.max_cost is not None and mode != "auto":
+        raise GenerateError(f"--max-cost applies to online recognition (auto); the mode is {mode!r}")
     kwargs: dict[str, Any] = {}
     if mode == "dense":
         return mode, kwargs
@@ -98,6 +101,13 @@ def resolve_mode(request: GenerateRequest, preset: Preset) -> tuple[str, dict[st
         kwargs["plan"] = request.plan
     elif mode == "auto":
         kwargs["plan"] = "auto"
+        if request.max_cost is not None:
+            from headsparse.patterns.recognize import Recognizer
+
+            try:
+                kwargs["recognizer"] = Recognizer(max_cost=request.max_cost)
+            except ValueError as exc:
+                raise GenerateError(f"--max-cost: {exc}") from None
     else:
         name = request.pattern or preset.mode
         if name == "auto":
@@ -326,7 +336,7 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         "height": call["height"], "width": call["width"],
         "dtype": str(DTYPES[dtype_name]).removeprefix("torch."),
         "device": device, "device_name": device_name(device), "mode": mode,
-        "patch": {k: (str(v) if isinstance(v, Path) else v) for k, v in patch_kwargs.items()},
+        "patch": {k: _jsonable(v) for k, v in patch_kwargs.items()},
         "runs": {label: _run_summary(r) for label, r in runs.items()},
     }
     if "headsparse" in runs:
@@ -361,6 +371,15 @@ def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return "inf"
     return f"{value:{spec}}{unit}"
+
+
+def _jsonable(value: Any) -> Any:
+    """A ``headsparse.patch`` argument as the report records it (a recognizer by its settings)."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "max_cost") and hasattr(value, "error_bound"):
+        return {"error_bound": value.error_bound, "every": value.every, "max_cost": value.max_cost}
+    return value
 
 
 def report_markdown(report: dict[str, Any]) -> str:

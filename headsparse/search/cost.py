@@ -2,10 +2,12 @@
 
 ``measured`` times each candidate's layout with :func:`headsparse.sparse_attention` (the executor
 ``auto`` picks) against dense SDPA at the calibration geometry, head count, head dim and dtype,
-on random inputs, and caches the ratios per device in a JSON file, so the search optimises
-predicted time, not FLOPs (a frame-aligned layout on the grouped executor and a scattered one on
-FlexAttention differ a lot at equal density). ``blocks`` is the cheap proxy for tests: the fraction
-of key blocks the layout visits.
+on random inputs (a dynamic pattern, such as ``pooled``, on the blocks it picks for them), and
+caches the ratios per device in a JSON file, so the search optimises predicted time, not FLOPs (a
+frame-aligned layout on the grouped executor and a scattered one on FlexAttention differ a lot at
+equal density). A layer of mixed heads is timed as the one call it runs as (``layer_cost``), which
+the cost-aware recogniser checks. ``blocks`` is the cheap proxy for tests: the fraction of key
+blocks the layout visits.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 from headsparse.kernels import sparse_attention
 from headsparse.patterns import Dense, Geometry, Pattern
+from headsparse.patterns.layer import heads_layout
 from headsparse.plan import pattern_to_dict
 from headsparse.timing import best_time
 
@@ -68,35 +71,62 @@ class CostModel:
 
     def costs(self, patterns: Sequence[Pattern], geometry: Geometry, *, heads: int, head_dim: int,
               block: int = 128) -> torch.Tensor:
-        """float64 [len(patterns)]: predicted time of each pattern relative to dense attention."""
+        """float64 [len(patterns)]: predicted time of each pattern (on every head) relative to dense attention."""
         if self.mode == "blocks":
-            return torch.tensor([
-                1.0 if isinstance(p, Dense) else float(p.layout(geometry, block_m=block, block_n=block)
-                                                       .block_density().mean())
-                for p in patterns
-            ], dtype=torch.float64)
+            return torch.tensor([self.layer_cost((p,), geometry, head_dim=head_dim, block=block) for p in patterns],
+                                dtype=torch.float64)
+        return torch.tensor([self.layer_cost((p,) * heads, geometry, head_dim=head_dim, block=block)
+                             for p in patterns], dtype=torch.float64)
+
+    def layer_cost(self, heads: Sequence[Pattern], geometry: Geometry, *, head_dim: int, block: int = 128) -> float:
+        """Predicted time of one layer whose heads run ``heads`` (mixed patterns in one executor call, as
+        the runtime runs them) relative to dense attention: a mix can cost more than its parts."""
+        heads = tuple(heads)
+        if all(isinstance(p, Dense) for p in heads):
+            return 1.0
+        if self.mode == "blocks":
+            return float(_heads_layout(heads, geometry, head_dim, block).block_density().mean())
         g = (geometry.frames, geometry.height, geometry.width, geometry.text_len, geometry.text_position)
-        keys = [json.dumps([pattern_to_dict(p), g, heads, head_dim, block, str(self.dtype)], sort_keys=True)
-                for p in patterns]
-        known = {**self._load(), **self._costs}
-        missing = [i for i, key in enumerate(keys) if key not in known]
-        if missing:
-            device = torch.device(self.device)
+        runs = [(pattern_to_dict(p), n) for p, n in _runs(heads)]
+        key = json.dumps([runs[0][0] if len(runs) == 1 else runs, g, len(heads), head_dim, block, str(self.dtype)],
+                         sort_keys=True)
+        known = self._costs.get(key, self._load().get(key))
+        if known is not None:
+            self._costs[key] = known
+            return known
+        device = torch.device(self.device)
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, len(heads), geometry.seq_len, head_dim, generator=gen).to(device, self.dtype)
+                   for _ in range(3))
+        layout = _heads_layout(heads, geometry, head_dim, block, q[0].float().cpu(), k[0].float().cpu()).to(device)
+        with torch.no_grad():
+            dense = best_time(lambda: F.scaled_dot_product_attention(q, k, v), self.repeats, device)
+            cost = best_time(lambda: sparse_attention(q, k, v, layout), self.repeats, device) / dense
+        self._costs[key] = cost
+        self._store({key: cost})
+        return cost
+
+
+def _runs(heads: tuple[Pattern, ...]) -> list[tuple[Pattern, int]]:
+    """Consecutive equal patterns as (pattern, count)."""
+    runs: list[tuple[Pattern, int]] = []
+    for p in heads:
+        if runs and runs[-1][0] == p:
+            runs[-1] = (p, runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    return runs
+
+
+def _heads_layout(heads: tuple[Pattern, ...], geometry: Geometry, head_dim: int, block: int,
+                  q: torch.Tensor | None = None, k: torch.Tensor | None = None):
+    """The layer's layout; a dynamic head (``pooled``) picks its blocks from q, k [H, L, D] (random if None)."""
+    dynamic = [h for h, p in enumerate(heads) if getattr(p, "dynamic", False)]
+    kinds = {}
+    if dynamic:
+        if q is None or k is None:
             gen = torch.Generator().manual_seed(0)
-            q, k, v = (torch.randn(1, heads, geometry.seq_len, head_dim, generator=gen).to(device, self.dtype)
-                       for _ in range(3))
-            with torch.no_grad():
-                dense = best_time(lambda: F.scaled_dot_product_attention(q, k, v), self.repeats, device)
-                new = {}
-                for i in missing:
-                    p = patterns[i]
-                    if isinstance(p, Dense):
-                        new[keys[i]] = 1.0
-                        continue
-                    layout = p.layout(geometry, num_heads=heads, block_m=block, block_n=block)
-                    new[keys[i]] = best_time(lambda layout=layout: sparse_attention(q, k, v, layout), self.repeats,
-                                              device) / dense
-            self._costs.update(new)
-            self._store(new)
-            known.update(new)
-        return torch.tensor([known[key] for key in keys], dtype=torch.float64)
+            q, k = (torch.randn(len(heads), geometry.seq_len, head_dim, generator=gen) for _ in range(2))
+        for h in dynamic:
+            kinds[h] = heads[h].block_kinds_from_qk(q[h:h + 1], k[h:h + 1], geometry, block)[0]
+    return heads_layout(heads, geometry, block, kinds)
