@@ -375,9 +375,11 @@ def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:
 
 def _jsonable(value: Any) -> Any:
     """A ``headsparse.patch`` argument as the report records it (a recognizer by its settings)."""
+    from headsparse.patterns.recognize import Recognizer
+
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "max_cost") and hasattr(value, "error_bound"):
+    if isinstance(value, Recognizer):
         return {"error_bound": value.error_bound, "every": value.every, "max_cost": value.max_cost}
     return value
 

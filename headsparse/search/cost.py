@@ -72,39 +72,57 @@ class CostModel:
     def costs(self, patterns: Sequence[Pattern], geometry: Geometry, *, heads: int, head_dim: int,
               block: int = 128) -> torch.Tensor:
         """float64 [len(patterns)]: predicted time of each pattern (on every head) relative to dense attention."""
-        if self.mode == "blocks":
-            return torch.tensor([self.layer_cost((p,), geometry, head_dim=head_dim, block=block) for p in patterns],
-                                dtype=torch.float64)
-        return torch.tensor([self.layer_cost((p,) * heads, geometry, head_dim=head_dim, block=block)
-                             for p in patterns], dtype=torch.float64)
+        return torch.tensor(self._layer_costs([(p,) * heads for p in patterns], geometry, head_dim, block),
+                            dtype=torch.float64)
 
     def layer_cost(self, heads: Sequence[Pattern], geometry: Geometry, *, head_dim: int, block: int = 128) -> float:
         """Predicted time of one layer whose heads run ``heads`` (mixed patterns in one executor call, as
         the runtime runs them) relative to dense attention: a mix can cost more than its parts."""
-        heads = tuple(heads)
-        if all(isinstance(p, Dense) for p in heads):
-            return 1.0
+        return self._layer_costs([tuple(heads)], geometry, head_dim, block)[0]
+
+    def _layer_costs(self, layers: list[tuple[Pattern, ...]], geometry: Geometry, head_dim: int,
+                     block: int) -> list[float]:
+        """Each layer's relative time: from memory, else the cache file (read once), else timed, on one
+        set of random inputs and one dense timing per head count, and stored in one write."""
         if self.mode == "blocks":
-            return float(_heads_layout(heads, geometry, head_dim, block).block_density().mean())
+            return [1.0 if all(isinstance(p, Dense) for p in heads)
+                    else float(_heads_layout(heads, geometry, head_dim, block).block_density().mean())
+                    for heads in layers]
         g = (geometry.frames, geometry.height, geometry.width, geometry.text_len, geometry.text_position)
-        runs = [(pattern_to_dict(p), n) for p, n in _runs(heads)]
-        key = json.dumps([runs[0][0] if len(runs) == 1 else runs, g, len(heads), head_dim, block, str(self.dtype)],
-                         sort_keys=True)
-        known = self._costs.get(key, self._load().get(key))
-        if known is not None:
-            self._costs[key] = known
-            return known
+
+        def key(heads: tuple[Pattern, ...]) -> str:
+            runs = [(pattern_to_dict(p), n) for p, n in _runs(heads)]
+            return json.dumps([runs[0][0] if len(runs) == 1 else runs, g, len(heads), head_dim, block,
+                               str(self.dtype)], sort_keys=True)
+
+        keys = [key(heads) for heads in layers]
+        missing = [i for i, k in enumerate(keys) if k not in self._costs]
+        if missing:
+            self._costs.update({k: v for k, v in self._load().items() if k in set(keys)})
+            missing = [i for i in missing if keys[i] not in self._costs]
+        new: dict[str, float] = {}
         device = torch.device(self.device)
-        gen = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(1, len(heads), geometry.seq_len, head_dim, generator=gen).to(device, self.dtype)
-                   for _ in range(3))
-        layout = _heads_layout(heads, geometry, head_dim, block, q[0].float().cpu(), k[0].float().cpu()).to(device)
-        with torch.no_grad():
-            dense = best_time(lambda: F.scaled_dot_product_attention(q, k, v), self.repeats, device)
-            cost = best_time(lambda: sparse_attention(q, k, v, layout), self.repeats, device) / dense
-        self._costs[key] = cost
-        self._store({key: cost})
-        return cost
+        for count in sorted({len(layers[i]) for i in missing}):
+            gen = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(1, count, geometry.seq_len, head_dim, generator=gen).to(device, self.dtype)
+                       for _ in range(3))
+            with torch.no_grad():
+                dense = best_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), self.repeats, device)
+                for i in missing:
+                    heads = layers[i]
+                    if len(heads) != count or keys[i] in new:
+                        continue
+                    if all(isinstance(p, Dense) for p in heads):
+                        new[keys[i]] = 1.0
+                        continue
+                    layout = _heads_layout(heads, geometry, head_dim, block, q[0].float().cpu(),
+                                           k[0].float().cpu()).to(device)
+                    new[keys[i]] = best_time(lambda q=q, k=k, v=v, layout=layout: sparse_attention(q, k, v, layout),
+                                             self.repeats, device) / dense
+        if new:
+            self._costs.update(new)
+            self._store(new)
+        return [self._costs[k] for k in keys]
 
 
 def _runs(heads: tuple[Pattern, ...]) -> list[tuple[Pattern, int]]:
