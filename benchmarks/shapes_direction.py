@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from headsparse.pipelines import moving_shapes
-from headsparse.pipelines.shapes import encode_captions, load_moving_shapes_pipeline
+from headsparse.pipelines.shapes import encode_captions, load_moving_shapes_pipeline, with_positions
 from headsparse.timing import device_name
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,7 +68,8 @@ def model_paths(pipe, samples: int, frames: int, size: int) -> dict[tuple[str, s
         for direction, (dy, _) in moving_shapes.DIRECTIONS.items():
             text = encode_captions(pipe.tokenizer, pipe.text_encoder, [f"a red square {motion} {direction}"])
             with torch.no_grad():
-                v = transformer(hidden_states=noise, timestep=torch.full((samples,), 1000.0),
+                inp = with_positions(noise, transformer.config.in_channels)
+                v = transformer(hidden_states=inp, timestep=torch.full((samples,), 1000.0),
                                 encoder_hidden_states=text.expand(samples, -1, -1), return_dict=False)[0]
             x0 = ((noise - v).clamp(-1, 1) + 1) / 2  # [N, 3, F, H, W] in [0, 1], black background
             out[(motion, direction)] = centroid_path(x0.permute(0, 2, 1, 3, 4), "red", 0 if dy else 1)
@@ -102,7 +103,8 @@ def swap_travel(pipe, clips: int, levels: tuple[float, ...], frames: int, size: 
             for name, prompt in prompts.items():
                 text = encode_captions(pipe.tokenizer, pipe.text_encoder, [prompt]).expand(clips, -1, -1)
                 with torch.no_grad():
-                    v = transformer(hidden_states=xs, timestep=torch.full((clips,), 1000.0 * s),
+                    inp = with_positions(xs, transformer.config.in_channels)
+                    v = transformer(hidden_states=inp, timestep=torch.full((clips,), 1000.0 * s),
                                     encoder_hidden_states=text, return_dict=False)[0]
                 pred = ((xs - s * v).clamp(-1, 1) + 1) / 2
                 path = centroid_path(pred.permute(0, 2, 1, 3, 4), "red", 0 if dy else 1)

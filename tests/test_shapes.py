@@ -8,6 +8,7 @@ draws the captioned colour, background and shape, and moves it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -22,16 +23,18 @@ from headsparse.pipelines.shapes import (
     build_components,
     load_moving_shapes_pipeline,
     shapes_scheduler,
+    with_positions,
 )
 from headsparse.pipelines.train_shapes import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = ShapesSize(layers=1, heads=2, head_dim=16, ffn=32, frames=4, height=16, width=16)
+SMALL_POSITIONS = dataclasses.replace(SMALL, positions=True)
 
 
-def small_pipeline(seed: int = 0) -> MovingShapesPipeline:
-    parts = build_components(SMALL, seed)
+def small_pipeline(seed: int = 0, size: ShapesSize = SMALL) -> MovingShapesPipeline:
+    parts = build_components(size, seed)
     pipe = MovingShapesPipeline(**parts, scheduler=shapes_scheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -95,8 +98,9 @@ def test_pipeline_refuses_bad_sizes():
         generate(pipe, output_type="pil")
 
 
-def test_patching_the_pipeline(tmp_path):
-    pipe = small_pipeline()
+@pytest.mark.parametrize("size", [SMALL, SMALL_POSITIONS], ids=["pixels", "positions"])
+def test_patching_the_pipeline(size):
+    pipe = small_pipeline(size=size)
     ref = generate(pipe, num_frames=4, height=32, width=32)
     with headsparse.patch(pipe, pattern="dense"):
         np.testing.assert_array_equal(generate(pipe, num_frames=4, height=32, width=32), ref)
@@ -152,6 +156,34 @@ def test_training_starts_from_a_saved_pipeline(tmp_path):
     with pytest.raises(FileNotFoundError, match="init: no text_encoder"):
         train(tmp_path / "c", steps=1, batch=2, lr=0.0, seed=0, ema_decay=0.9, save_every=2, size=SMALL,
               init=tmp_path, quiet=True)
+
+
+def test_position_channels_are_the_clip_coordinates():
+    x = torch.rand(2, 3, 4, 8, 12)
+    assert with_positions(x, 3) is x
+    y = with_positions(x, 6)
+    assert y.shape == (2, 6, 4, 8, 12) and torch.equal(y[:, :3], x)
+    torch.testing.assert_close(y[1, 3, :, 2, 5], torch.linspace(-1, 1, 4))  # t
+    torch.testing.assert_close(y[0, 4, 3, :, 0], torch.linspace(-1, 1, 8))  # y
+    torch.testing.assert_close(y[1, 5, 0, 7, :], torch.linspace(-1, 1, 12))  # x
+    with pytest.raises(ValueError, match="in_channels"):
+        with_positions(x, 5)
+
+
+def test_training_with_position_channels(tmp_path):
+    folder = train(tmp_path / "p", steps=2, batch=2, lr=1e-3, seed=0, ema_decay=0.9, save_every=2, warmup=1,
+                   size=SMALL_POSITIONS, quiet=True)
+    pipe = load_moving_shapes_pipeline(folder)
+    assert pipe.transformer.config.in_channels == 6
+    video = generate(pipe)
+    assert video.shape == (1, 4, 16, 16, 3) and np.isfinite(video).all()
+    # The coordinates reach the model: zeroing their patch-embedding weights changes the video.
+    with torch.no_grad():
+        pipe.transformer.patch_embedding.weight[:, 3:] = 0
+    assert not np.array_equal(generate(pipe), video)
+    with pytest.raises(ValueError, match="--positions must match"):
+        train(tmp_path / "q", steps=1, batch=2, lr=0.0, seed=0, ema_decay=0.9, save_every=2, size=SMALL,
+              init=folder, quiet=True)
 
 
 def test_loading_a_folder_without_weights_is_refused(tmp_path):

@@ -46,6 +46,7 @@ class ShapesSize:
     frames: int = 8
     height: int = 32
     width: int = 32
+    positions: bool = False  # (t, y, x) coordinates as 3 more input channels (see ``with_positions``)
 
 
 def shapes_tokenizer():
@@ -71,7 +72,8 @@ def build_components(size: ShapesSize = ShapesSize(), seed: int = 0) -> dict[str
         text_encoder = UMT5EncoderModel(t5_encoder_config(len(tokenizer), UMT5Config))
         transformer = WanTransformer3DModel(
             patch_size=(1, size.patch, size.patch), num_attention_heads=size.heads, attention_head_dim=size.head_dim,
-            in_channels=3, out_channels=3, text_dim=text_encoder.config.d_model, freq_dim=64, ffn_dim=size.ffn,
+            in_channels=3 + (POSITION_CHANNELS if size.positions else 0), out_channels=3,
+            text_dim=text_encoder.config.d_model, freq_dim=64, ffn_dim=size.ffn,
             num_layers=size.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=256,
         )
     text_encoder.requires_grad_(False)
@@ -86,6 +88,28 @@ def encode_captions(tokenizer, text_encoder, captions: list[str]) -> Tensor:
     with torch.no_grad():
         hidden = text_encoder(ids, attention_mask=mask).last_hidden_state
     return hidden * mask[..., None].to(hidden.dtype)
+
+
+POSITION_CHANNELS = 3
+
+
+def with_positions(video: Tensor, in_channels: int) -> Tensor:
+    """The transformer's input for pixels [B, 3, F, H, W]: as they are for a 3-channel model; for a
+    6-channel one, with (t, y, x) coordinates in [-1, 1] across the clip appended as channels.
+
+    Why: Wan's only position signal is relative RoPE, so at pure noise no token knows where in the
+    frame it is, and "moving left" (start right, end left) cannot be drawn from the caption alone.
+    Wan's image-to-video models widen ``in_channels`` for their condition the same way.
+    """
+    if in_channels == video.shape[1]:
+        return video
+    if in_channels != video.shape[1] + POSITION_CHANNELS:
+        raise ValueError(f"in_channels: the transformer takes {in_channels} channels; pixels have "
+                         f"{video.shape[1]} (+{POSITION_CHANNELS} with positions)")
+    b, _, f, h, w = video.shape
+    axes = [torch.linspace(-1, 1, n, device=video.device, dtype=video.dtype) for n in (f, h, w)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # [3, F, H, W]
+    return torch.cat([video, grid.expand(b, -1, -1, -1, -1)], dim=1)
 
 
 def to_pixels(video: Tensor) -> Tensor:
@@ -153,7 +177,7 @@ class MovingShapesPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         with self.progress_bar(total=num_inference_steps) as bar:
             for t in self.scheduler.timesteps:
-                inp = torch.cat([x, x]) if cfg else x
+                inp = with_positions(torch.cat([x, x]) if cfg else x, self.transformer.config.in_channels)
                 v = self.transformer(hidden_states=inp.to(dtype), timestep=t.expand(inp.shape[0]),
                                      encoder_hidden_states=cond, return_dict=False)[0].float()
                 if cfg:

@@ -5,8 +5,10 @@ Rectified flow (flow matching) as diffusers' ``FlowMatchEulerDiscreteScheduler``
 ``shapes.SHIFT`` (``s -> shift s / (1 + (shift - 1) s)``, the sampler's own shift), the
 transformer predicts ``noise - x0`` at timestep ``1000 s``. Captions are dropped (replaced by "")
 10% of the time so that classifier-free guidance works. AdamW with warm-up and cosine decay; an
-exponential moving average of the weights is what gets saved. Everything follows from ``--seed``: clip ``i`` of the
-stream is ``moving_shapes.clip(seed * 10**7 + i)``, so a rerun reproduces the same batches.
+exponential moving average of the weights is what gets saved. ``--positions`` builds a
+6-channel transformer that also sees each pixel's (t, y, x) coordinates (``shapes.with_positions``).
+Everything follows from ``--seed``: clip ``i`` of the stream is
+``moving_shapes.clip(seed * 10**7 + i)``, so a rerun reproduces the same batches.
 The run writes ``loss.csv`` (step, loss, smoothed loss, lr, seconds) as it goes, a resumable
 ``checkpoint.pt`` every ``--save-every`` steps, and at the end the EMA pipeline
 (``save_pretrained``, safetensors) into ``DIR/pipeline``.
@@ -31,6 +33,7 @@ from headsparse.pipelines.shapes import (
     build_components,
     encode_captions,
     shapes_scheduler,
+    with_positions,
 )
 
 
@@ -117,7 +120,8 @@ def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay:
         xs = (1 - sb) * x0 + sb * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        pred = model(hidden_states=xs, timestep=s * 1000, encoder_hidden_states=text, return_dict=False)[0]
+        pred = model(hidden_states=with_positions(xs, model.config.in_channels), timestep=s * 1000,
+                     encoder_hidden_states=text, return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,6 +150,9 @@ def start_from(folder: Path, text_encoder, transformer) -> None:
         if not (Path(folder) / name / "config.json").is_file():
             raise FileNotFoundError(f"init: no {name} in {folder} (expected a saved MovingShapesPipeline)")
         saved = type(module).from_pretrained(Path(folder) / name)
+        if name == "transformer" and saved.config.in_channels != module.config.in_channels:
+            raise ValueError(f"init: {folder} has a transformer of {saved.config['in_channels']} input channels, "
+                             f"this run builds {module.config['in_channels']} (--positions must match)")
         module.load_state_dict(saved.state_dict(), strict=True)
 
 
@@ -179,16 +186,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--shift", type=float, default=SHIFT, help="noise-level shift of training and sampling")
+    parser.add_argument("--positions", action="store_true",
+                        help="append (t, y, x) coordinates as input channels (a 6-channel transformer)")
     parser.add_argument("--init", type=Path, default=None,
                         help="a saved pipeline folder to start from (e.g. the shipped weights)")
     parser.add_argument("--export", action="store_true", help="only save the checkpoint's EMA weights as a pipeline")
     args = parser.parse_args(argv)
+    size = ShapesSize(positions=args.positions)
     if args.export:
-        print(f"saved the EMA pipeline to {export(args.out, args.seed, init=args.init, shift=args.shift)}")
+        folder = export(args.out, args.seed, size, init=args.init, shift=args.shift)
+        print(f"saved the EMA pipeline to {folder}")
         return
     folder = train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                    ema_decay=args.ema, save_every=args.save_every, threads=args.threads, warmup=args.warmup,
-                   init=args.init, shift=args.shift)
+                   size=size, init=args.init, shift=args.shift)
     print(f"saved the EMA pipeline to {folder}")
 
 
