@@ -59,20 +59,24 @@ def dataset_paths(clips: int, frames: int, size: int) -> dict[tuple[str, str], t
     return {k: torch.stack(v).mean(0) for k, v in paths.items()}
 
 
+def predicted_x0(pipe, xs: torch.Tensor, s: float, prompt: str) -> torch.Tensor:
+    """[N, F, 3, H, W] in [0, 1]: the model's x0 prediction (no guidance) from clips ``xs`` noised to level ``s``."""
+    transformer = pipe.transformer
+    text = encode_captions(pipe.tokenizer, pipe.text_encoder, [prompt]).expand(len(xs), -1, -1)
+    with torch.no_grad():
+        v = transformer(hidden_states=with_positions(xs, transformer.config.in_channels),
+                        timestep=torch.full((len(xs),), 1000.0 * s), encoder_hidden_states=text, return_dict=False)[0]
+    return ((xs - s * v).clamp(-1, 1) + 1).div(2).permute(0, 2, 1, 3, 4)
+
+
 def model_paths(pipe, samples: int, frames: int, size: int) -> dict[tuple[str, str], torch.Tensor]:
     """(motion, direction) -> centroid path of the model's x0 prediction at noise level 1 ('a red square ...')."""
-    transformer = pipe.transformer
     noise = torch.randn(samples, 3, frames, size, size, generator=torch.Generator().manual_seed(0))
     out = {}
     for motion in moving_shapes.MOTIONS:
         for direction, (dy, _) in moving_shapes.DIRECTIONS.items():
-            text = encode_captions(pipe.tokenizer, pipe.text_encoder, [f"a red square {motion} {direction}"])
-            with torch.no_grad():
-                inp = with_positions(noise, transformer.config.in_channels)
-                v = transformer(hidden_states=inp, timestep=torch.full((samples,), 1000.0),
-                                encoder_hidden_states=text.expand(samples, -1, -1), return_dict=False)[0]
-            x0 = ((noise - v).clamp(-1, 1) + 1) / 2  # [N, 3, F, H, W] in [0, 1], black background
-            out[(motion, direction)] = centroid_path(x0.permute(0, 2, 1, 3, 4), "red", 0 if dy else 1)
+            x0 = predicted_x0(pipe, noise, 1.0, f"a red square {motion} {direction}")  # black background
+            out[(motion, direction)] = centroid_path(x0, "red", 0 if dy else 1)
     return out
 
 
@@ -82,7 +86,6 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 def swap_travel(pipe, clips: int, levels: tuple[float, ...], frames: int, size: int) -> dict:
     """(direction, s, prompt) -> travel (px) of the x0 prediction from noised 'a red square moving <direction>'
     clips, prompted with the true word, the opposite word and no caption."""
-    transformer = pipe.transformer
     gen = torch.Generator().manual_seed(1)
     out = {}
     for direction, (dy, _) in moving_shapes.DIRECTIONS.items():
@@ -101,13 +104,7 @@ def swap_travel(pipe, clips: int, levels: tuple[float, ...], frames: int, size: 
         for s in levels:
             xs = (1 - s) * x0 + s * noise
             for name, prompt in prompts.items():
-                text = encode_captions(pipe.tokenizer, pipe.text_encoder, [prompt]).expand(clips, -1, -1)
-                with torch.no_grad():
-                    inp = with_positions(xs, transformer.config.in_channels)
-                    v = transformer(hidden_states=inp, timestep=torch.full((clips,), 1000.0 * s),
-                                    encoder_hidden_states=text, return_dict=False)[0]
-                pred = ((xs - s * v).clamp(-1, 1) + 1) / 2
-                path = centroid_path(pred.permute(0, 2, 1, 3, 4), "red", 0 if dy else 1)
+                path = centroid_path(predicted_x0(pipe, xs, s, prompt), "red", 0 if dy else 1)
                 out[(direction, s, name)] = float(path[-1] - path[0])
     return out
 

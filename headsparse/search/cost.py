@@ -98,7 +98,8 @@ class CostModel:
         keys = [key(heads) for heads in layers]
         missing = [i for i, k in enumerate(keys) if k not in self._costs]
         if missing:
-            self._costs.update({k: v for k, v in self._load().items() if k in set(keys)})
+            wanted = set(keys)
+            self._costs.update({k: v for k, v in self._load().items() if k in wanted})
             missing = [i for i in missing if keys[i] not in self._costs]
         new: dict[str, float] = {}
         device = torch.device(self.device)
