@@ -73,7 +73,7 @@ def loss_curve(logs: list[Path], out: Path) -> list[dict[str, float]]:
         hours = [offset + float(r["seconds"]) / 3600 for r in rows]
         ax.plot(hours, [float(r["loss"]) for r in rows], lw=0.4, alpha=0.3, color=f"C{n - 1}")
         ax.plot(hours, [float(r["smooth"]) for r in rows], lw=1.5, color=f"C{n - 1}",
-                label=f"stage {n}: {len(rows)} steps (smoothed)")
+                label=("" if len(logs) == 1 else f"stage {n}: ") + f"{len(rows)} steps (smoothed)")
         stages.append({"steps": int(rows[-1]["step"]), "final_smooth": float(rows[-1]["smooth"]),
                        "hours": hours[-1] - offset})
         offset = hours[-1]
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--train-logs", type=Path, nargs="+", help="loss.csv of each training stage, in order",
-                        default=[RESULTS / "shapes_train_loss.csv", RESULTS / "shapes_train_loss_stage2.csv"])
+                        default=[RESULTS / "shapes_train_loss.csv"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -149,7 +149,8 @@ def main() -> None:
     logs = [log for log in args.train_logs if log.is_file()]
     if logs:
         stages = loss_curve(logs, args.out / "shapes_loss.png")
-        done = "; ".join(f"stage {n}: {st['steps']} steps in {st['hours']:.2f} h, final smoothed loss "
+        done = "; ".join(("" if len(logs) == 1 else f"stage {n}: ")
+                         + f"{st['steps']} steps in {st['hours']:.2f} h, final smoothed loss "
                          f"{st['final_smooth']:.4f} (`{log.name}`)"
                          for n, (st, log) in enumerate(zip(stages, logs, strict=True), 1))
         lines += ["", f"Training on this CPU: {done}; {sum(st['hours'] for st in stages):.2f} h in all; "
