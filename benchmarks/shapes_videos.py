@@ -58,7 +58,7 @@ def mosaic(videos: np.ndarray, captions: list[str], columns: int = 4, scale: int
     return canvas
 
 
-def loss_curve(logs: list[Path], out: Path) -> list[dict[str, float]]:
+def loss_curve(logs: list[Path], out: Path) -> list[dict]:
     """Plot the training logs of successive stages (each resumed from the last) against CPU hours."""
     import matplotlib
 
@@ -71,10 +71,11 @@ def loss_curve(logs: list[Path], out: Path) -> list[dict[str, float]]:
         with log.open() as f:
             rows = list(csv.DictReader(f))
         hours = [offset + float(r["seconds"]) / 3600 for r in rows]
+        name = "" if len(logs) == 1 else f"stage {n}: "  # a single run needs no stage number
         ax.plot(hours, [float(r["loss"]) for r in rows], lw=0.4, alpha=0.3, color=f"C{n - 1}")
         ax.plot(hours, [float(r["smooth"]) for r in rows], lw=1.5, color=f"C{n - 1}",
-                label=("" if len(logs) == 1 else f"stage {n}: ") + f"{len(rows)} steps (smoothed)")
-        stages.append({"steps": int(rows[-1]["step"]), "final_smooth": float(rows[-1]["smooth"]),
+                label=f"{name}{len(rows)} steps (smoothed)")
+        stages.append({"name": name, "steps": int(rows[-1]["step"]), "final_smooth": float(rows[-1]["smooth"]),
                        "hours": hours[-1] - offset})
         offset = hours[-1]
     ax.set_xlabel("training time on this CPU (hours)")
@@ -149,10 +150,8 @@ def main() -> None:
     logs = [log for log in args.train_logs if log.is_file()]
     if logs:
         stages = loss_curve(logs, args.out / "shapes_loss.png")
-        done = "; ".join(("" if len(logs) == 1 else f"stage {n}: ")
-                         + f"{st['steps']} steps in {st['hours']:.2f} h, final smoothed loss "
-                         f"{st['final_smooth']:.4f} (`{log.name}`)"
-                         for n, (st, log) in enumerate(zip(stages, logs, strict=True), 1))
+        done = "; ".join(f"{st['name']}{st['steps']} steps in {st['hours']:.2f} h, final smoothed loss "
+                         f"{st['final_smooth']:.4f} (`{log.name}`)" for st, log in zip(stages, logs, strict=True))
         lines += ["", f"Training on this CPU: {done}; {sum(st['hours'] for st in stages):.2f} h in all; "
                   "curve: `shapes_loss.png`."]
     lines += ["", "GIFs (generated, and the dataset's clips of the same captions): `shapes/generated_<grid>.gif`, "
