@@ -3,12 +3,18 @@
 Wan-like 480p grids (frames x 30 x 52 tokens): L = 4680 (3 frames), 7800 (5), 26520 (17).
 Layouts: random block layouts at a given block density (every query block keeps the same number
 of key blocks, the diagonal included), and a spatial layout (keys in the query's frame) built at
-block granularity from token coordinates. Prints a table of sparse/dense time ratios (min of
-several runs) and writes it under benchmarks/results/.
+block granularity from token coordinates. Every path is warmed up, then dense and every sparse
+path take turns for ``--repeats`` rounds; the table gives the median time of each and the
+sparse/dense ratio of the medians with the spread of the per-round ratios. Written under
+benchmarks/results/ with the machine in the file name (``attention_cpu_<cpu>.md``).
 
     python benchmarks/attention.py                 # the full table (about 20 minutes on 2 cores)
     python benchmarks/attention.py --quick         # small sizes, a minute
+    python benchmarks/attention.py --calibrate     # also measure and cache this CPU's executor profile
     python benchmarks/attention.py --device cuda   # Triton kernel and FlexAttention vs SDPA (flash)
+
+Backends: auto, triton, flex, grouped, masked, and flex:bf16 / flex:fp32 (FlexAttention computing
+in that dtype, whatever auto would pick).
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from headsparse.kernels import BLOCK_FULL, BLOCK_PARTIAL, Layout, sparse_attention
+from headsparse.kernels.cpu_profile import cpu_profile, measure_cpu_profile
+from headsparse.kernels.flex import flex_block_sparse_attention
 from headsparse.kernels.sparse_attention import choose_backend
-from headsparse.timing import best_time, device_name
+from headsparse.machine import device_line, device_report, slug
+from headsparse.timing import interleaved, ratio_spread
 
 TOKENS_PER_FRAME = 30 * 52
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -62,6 +71,14 @@ def spatial_layout(heads: int, frames: int, block: int) -> Layout:
     return Layout.from_block_kinds(kinds, masks, q_len=length, kv_len=length, block_m=block, block_n=block)
 
 
+def sparse_path(q, k, v, layout: Layout, backend: str):
+    """The call that times ``backend`` on the layout (``flex:<dtype>``: FlexAttention computing in that dtype)."""
+    if backend.startswith("flex:"):
+        compute = DTYPES[backend.split(":", 1)[1]]
+        return partial(flex_block_sparse_attention, q, k, v, layout, compute_dtype=compute)
+    return partial(sparse_attention, q, k, v, layout, backend=backend)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     torch.manual_seed(0)
@@ -75,49 +92,56 @@ def run(args: argparse.Namespace) -> list[dict]:
             dtype = DTYPES[dname]
             q, k, v = (torch.randn(1, args.heads, length, args.head_dim, dtype=dtype, device=args.device)
                        for _ in range(3))
-            repeats = args.repeats if length < 20000 else max(1, args.repeats - 1)
+            repeats = args.repeats if length < 20000 else max(2, args.repeats - 1)
+            paths = {"dense": partial(F.scaled_dot_product_attention, q, k, v)}
+            labels = {}
+            for lname, layout in layouts.items():
+                for backend in args.backends:
+                    shown = f"{backend} ({choose_backend(q, layout)})" if backend == "auto" else backend
+                    key = f"{lname} / {shown}"
+                    paths[key] = sparse_path(q, k, v, layout, backend)
+                    labels[key] = (lname, shown, layout)
             with torch.inference_mode():
-                dense = best_time(partial(F.scaled_dot_product_attention, q, k, v), repeats, args.device)
-                print(f"L={length} {dname}: dense SDPA {dense:.3f} s", flush=True)
-                for lname, layout in layouts.items():
-                    for backend in args.backends:
-                        chosen = choose_backend(q, layout) if backend == "auto" else backend
-                        t = best_time(partial(sparse_attention, q, k, v, layout, backend=backend), repeats,
-                                      args.device)
-                        row = {
-                            "L": length, "dtype": dname, "layout": lname, "backend": f"{backend} ({chosen})"
-                            if backend == "auto" else backend,
-                            "block_density": float(layout.block_density().mean()),
-                            "density": float(layout.density().mean()), "dense_s": dense, "sparse_s": t,
-                            "ratio": t / dense,
-                        }
-                        rows.append(row)
-                        print(f"  {lname:22s} {row['backend']:16s} density {row['density']:.3f} "
-                              f"(blocks {row['block_density']:.3f})  {t:.3f} s  ratio {row['ratio']:.3f}", flush=True)
+                times = interleaved(paths, repeats, args.device)
+            dense = times["dense"]
+            print(f"L={length} {dname}: dense SDPA {sorted(dense)[len(dense) // 2]:.3f} s", flush=True)
+            for key, (lname, shown, layout) in labels.items():
+                ratio, rounds = ratio_spread(times[key], dense)
+                row = {
+                    "L": length, "dtype": dname, "layout": lname, "backend": shown,
+                    "block_density": float(layout.block_density().mean()),
+                    "density": float(layout.density().mean()), "dense_s": sorted(dense)[len(dense) // 2],
+                    "sparse_s": sorted(times[key])[len(times[key]) // 2], "ratio": ratio,
+                    "ratio_low": rounds.low, "ratio_high": rounds.high, "repeats": repeats,
+                }
+                rows.append(row)
+                print(f"  {lname:22s} {shown:16s} density {row['density']:.3f} (blocks {row['block_density']:.3f})"
+                      f"  {row['sparse_s']:.3f} s  ratio {ratio:.3f} ({rounds.low:.3f}-{rounds.high:.3f})", flush=True)
     return rows
 
 
-def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    if args.device == "cuda":
-        device = f"GPU {torch.cuda.get_device_name()}"
-    else:
-        device = f"CPU ({device_name()}, {torch.get_num_threads()} threads)"
+def to_markdown(rows: list[dict], args: argparse.Namespace, profile_note: str) -> str:
     lines = [
         f"# Attention: dense SDPA vs headsparse ({args.device})",
         "",
-        f"Device: {device}, torch {torch.__version__}. "
-        f"B=1, H={args.heads}, D={args.head_dim}, block {args.block}. Min of {args.repeats} runs "
-        "(one fewer at L >= 20000) after a warm-up, dense and sparse in one process.",
+        f"Device: {device_line(device_report(args.device))}, torch {torch.__version__}. "
+        f"B=1, H={args.heads}, D={args.head_dim}, block {args.block}. Every path warmed up, then dense and every "
+        f"sparse path in turn for {args.repeats} rounds (at L >= 20000 one fewer, at least 2); medians, and the "
+        "min-max of the per-round sparse/dense ratios.",
+        "",
+        f"CPU executor profile: {profile_note}.",
         "",
         f"Command: `python benchmarks/attention.py {' '.join(args.argv)}`",
         "",
-        "| L | dtype | layout | backend | density | block density | dense s | sparse s | sparse/dense |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| L | dtype | layout | backend | density | block density | dense s | sparse s | sparse/dense "
+        "| per-round range |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['L']} | {r['dtype']} | {r['layout']} | {r['backend']} | {r['density']:.3f} | "
-            f"{r['block_density']:.3f} | {r['dense_s']:.3f} | {r['sparse_s']:.3f} | {r['ratio']:.3f} |"
+            f"{r['block_density']:.3f} | {r['dense_s']:.3f} | {r['sparse_s']:.3f} | {r['ratio']:.3f} | "
+            f"{r['ratio_low']:.3f}-{r['ratio_high']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -138,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="small sizes: L 1560 and 3120, bf16 only")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first measure and cache this CPU's executor profile (flex compute dtype, grouped threshold)")
     p.add_argument("--out", type=Path, default=None, help="markdown table path (default under benchmarks/results/)")
     args = p.parse_args(argv)
     args.argv = argv
@@ -145,13 +171,24 @@ def main(argv: list[str] | None = None) -> None:
         args.backends = ["triton", "flex"] if args.device == "cuda" else ["auto", "flex", "grouped"]
     if args.quick:
         args.lengths, args.dtypes, args.repeats = [1560, 3120], ["bf16"], 2
+    note = "not used (CUDA)"
+    if args.device == "cpu":
+        if args.calibrate:
+            profile, measured = measure_cpu_profile()
+            for r in measured:
+                print(f"  profile: {r['choice']}: {r['option']} {r['seconds']:.3f} s")
+        profile = cpu_profile()
+        note = (f"{profile.source}: FlexAttention computes bf16 in {profile.flex_compute['bfloat16']}, fp16 in "
+                f"{profile.flex_compute['float16']}; grouped from {profile.grouped_min_rows} rows per group")
+        print(f"CPU executor profile: {note}")
     rows = run(args)
     out = args.out
     if out is None:
-        name = f"attention_{args.device}{'_quick' if args.quick else ''}.md"
+        machine = slug(device_report(args.device)["name"])
+        name = f"attention_{args.device}_{machine}{'_quick' if args.quick else ''}.md"
         out = Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_markdown(rows, args))
+    out.write_text(to_markdown(rows, args, note))
     print(f"wrote {out}")
 
 

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 import headsparse
+from headsparse.machine import device_name
 from headsparse.patterns import Geometry, Spatial, Temporal
 from headsparse.patterns.recognize import Recognizer, recognition_layout
 from headsparse.testing import EXPECTED_PATTERN, plant_wan, planted_qkv, random_kinds
-from headsparse.timing import best_time, device_name
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from headsparse.kernels import choose_backend, sparse_attention
+from headsparse.machine import device_name
 from headsparse.patterns import (
     Diagonal,
     Geometry,
@@ -33,7 +34,7 @@ from headsparse.patterns import (
     VerticalStripe,
 )
 from headsparse.patterns.base import clear_layout_cache
-from headsparse.timing import best_time, device_name
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES

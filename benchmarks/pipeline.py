@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 import headsparse
+from headsparse.machine import device_name
 from headsparse.patterns import Spatial, Temporal
 from headsparse.plan import LayerPlan, ModelPlan, Phase
-from headsparse.timing import best_time, device_name
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES

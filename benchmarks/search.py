@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 import headsparse
+from headsparse.machine import device_name
 from headsparse.patterns import Geometry, Neighborhood, PooledBlocks, Spatial, Temporal, Textural
 from headsparse.search import CostModel
 from headsparse.testing import EXPECTED_PATTERN, plant_wan
-from headsparse.timing import best_time, device_name
+from headsparse.timing import best_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES

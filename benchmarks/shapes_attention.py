@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 import headsparse
+from headsparse.machine import device_name
 from headsparse.patterns import Geometry, Neighborhood, Spatial, Temporal
 from headsparse.pipelines import moving_shapes
 from headsparse.pipelines.shapes import load_moving_shapes_pipeline
-from headsparse.timing import device_name
 
 RESULTS = Path(__file__).parent / "results"
 HELD_OUT = 10**9 + 500

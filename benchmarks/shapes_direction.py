@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from headsparse.machine import device_name
 from headsparse.pipelines import moving_shapes
-from headsparse.pipelines.shapes import encode_captions, load_moving_shapes_pipeline, with_positions
-from headsparse.timing import device_name
+from headsparse.pipelines.shapes import load_moving_shapes_pipeline, with_positions
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,7 +62,7 @@ def dataset_paths(clips: int, frames: int, size: int) -> dict[tuple[str, str], t
 def predicted_x0(pipe, xs: torch.Tensor, s: float, prompt: str) -> torch.Tensor:
     """[N, F, 3, H, W] in [0, 1]: the model's x0 prediction (no guidance) from clips ``xs`` noised to level ``s``."""
     transformer = pipe.transformer
-    text = encode_captions(pipe.tokenizer, pipe.text_encoder, [prompt]).expand(len(xs), -1, -1)
+    text = pipe.encode_prompt(prompt, xs.device).expand(len(xs), -1, -1)
     with torch.no_grad():
         v = transformer(hidden_states=with_positions(xs, transformer.config.in_channels),
                         timestep=torch.full((len(xs),), 1000.0 * s), encoder_hidden_states=text, return_dict=False)[0]

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 import headsparse
+from headsparse.machine import device_name
 from headsparse.pipelines import moving_shapes
 from headsparse.pipelines.generate import GenerateRequest, run_once, warm_up
 from headsparse.pipelines.metrics import psnr, ssim
 from headsparse.pipelines.presets import preset_for
 from headsparse.pipelines.shapes import load_moving_shapes_pipeline
-from headsparse.timing import device_name
 
 RESULTS = Path(__file__).parent / "results"
 SCORED = 10**9 + 700  # held-out clip seeds whose captions are scored

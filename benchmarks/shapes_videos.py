@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from headsparse.machine import device_name
 from headsparse.pipelines import moving_shapes
 from headsparse.pipelines.media import write_gif
 from headsparse.pipelines.shapes import load_moving_shapes_pipeline
-from headsparse.timing import device_name
 
 RESULTS = Path(__file__).parent / "results"
 HELD_OUT = 10**9  # clip seeds from here on are never drawn by the training stream (seed * 10**7 + i)

@@ -35,7 +35,7 @@ from headsparse.patterns.agent import agent_attention
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES
 
-from headsparse.timing import device_name
+from headsparse.machine import device_name
 
 ARCH = "vit_base_patch16_224"
 

@@ -18,33 +18,61 @@ from pathlib import Path
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def load_pipeline(path: str, dtype: str, device: str):
-    """A diffusers pipeline from a local folder (``save_pretrained`` layout) or a hub id if online."""
-    import torch
-    from diffusers import DiffusionPipeline
+def _search_pipeline(args: argparse.Namespace):
+    """(pipeline, call defaults) for ``headsparse search``: a preset (``--model``), or a local folder."""
+    from headsparse.pipelines import GenerateError, preset_for
+    from headsparse.pipelines.generate import DTYPES as TORCH_DTYPES
+    from headsparse.pipelines.generate import load_pipeline as load_preset
+    from headsparse.pipelines.loading import PipelineLoadError, load_local_pipeline
 
-    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=getattr(torch, DTYPES[dtype]))
+    if args.model is None:
+        if args.model_path is None:
+            raise SearchError("search needs --model PRESET (e.g. --model shapes) or --model-path DIR")
+        try:
+            return load_local_pipeline(args.model_path, TORCH_DTYPES[DTYPES[args.dtype or "bf16"]], args.device), {}
+        except PipelineLoadError as exc:
+            raise SearchError(str(exc)) from None
+    preset = preset_for(args.model)
+    dtype = TORCH_DTYPES[DTYPES[args.dtype]] if args.dtype else TORCH_DTYPES[preset.dtype]
+    try:
+        pipe = load_preset(preset, args.model_path, dtype, args.device, cpu_offload=False)
+    except GenerateError as exc:
+        raise SearchError(str(exc)) from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    defaults = {"height": preset.height, "width": preset.width, "guidance_scale": preset.guidance}
+    if preset.video:
+        defaults["num_frames"] = preset.frames
+    return pipe, defaults
+
+
+class SearchError(ValueError):
+    """A search that cannot start as asked; the message says what to pass."""
 
 
 def _search(args: argparse.Namespace) -> int:
     import headsparse
     from headsparse.search import CostModel
 
-    prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    try:
+        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        print(f"headsparse: error: --prompts {args.prompts}: {exc.strerror}", file=sys.stderr)
+        return 2
     if not prompts:
-        raise SystemExit(f"no prompts in {args.prompts}")
-    pipe = load_pipeline(args.model_path, args.dtype, args.device)
-    kwargs = {k: v for k, v in (("height", args.height), ("width", args.width), ("num_frames", args.num_frames))
-              if v is not None}
-    import torch
-
-    cost = CostModel(args.cost, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]))
+        print(f"headsparse: error: no prompts in {args.prompts}", file=sys.stderr)
+        return 2
+    try:
+        pipe, call = _search_pipeline(args)
+    except SearchError as exc:
+        print(f"headsparse: error: {exc}", file=sys.stderr)
+        return 2
+    given = {"height": args.height, "width": args.width, "num_frames": args.num_frames}
+    call.update({k: v for k, v in given.items() if v is not None})
+    cost = CostModel(args.cost, device=args.device, dtype=pipe.transformer.dtype)
     plan = headsparse.search(
         pipe, prompts=prompts, steps=args.steps, seeds=args.seeds, budget=args.budget,
         step_buckets=args.step_buckets, cost_model=cost, block_size=args.block_size, cache=args.cache,
-        samples=args.samples, **kwargs,
+        samples=args.samples, **call,
     )
     plan.save(args.out)
     from headsparse.search.inspect import plan_table
@@ -125,7 +153,7 @@ def _request(args: argparse.Namespace):
         dtype=args.dtype, device=args.device,
         dense_steps=args.dense_steps, dense_layers=args.dense_layers, max_cost=args.max_cost, backend=args.backend,
         compare_dense=args.compare_dense, cpu_offload=args.cpu_offload, progress=not args.quiet,
-        warmup=not args.no_warmup,
+        warmup=not args.no_warmup, repeats=args.repeats,
     )
 
 
@@ -158,7 +186,8 @@ def _demo(args: argparse.Namespace) -> int:
          "(online recognition) from the same seed on this machine...")
     return _run_generate(GenerateRequest(model=args.model, prompt=args.prompt, out=Path(args.out), steps=args.steps,
                                          frames=args.frames, height=args.height, width=args.width,
-                                         max_cost=args.max_cost, compare_dense=True, progress=not args.quiet))
+                                         max_cost=args.max_cost, compare_dense=True, progress=not args.quiet,
+                                         repeats=args.repeats))
 
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -213,7 +242,9 @@ def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--compare-dense", action="store_true",
                    help="also run dense from the same seed: side-by-side video and a speed/fidelity report")
     g.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (large models, small GPUs)")
-    g.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up run")
+    g.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up runs")
+    g.add_argument("--repeats", type=int, default=1,
+                   help="timed runs of each path, interleaved dense/headsparse; the report gives medians and spread")
     g.add_argument("--out", help="output folder (default: outputs/MODEL)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -241,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--width", type=int)
     d.add_argument("--max-cost", type=float,
                    help="only patterns this device runs within this fraction of dense time (1: never slower)")
+    d.add_argument("--repeats", type=int, default=3,
+                   help="timed runs of each path, interleaved dense/headsparse (median and spread reported)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ and print its table")
@@ -248,8 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     b.add_argument("--list", action="store_true")
     b.set_defaults(func=_bench)
-    s = sub.add_parser("search", help="calibrate a local pipeline and write a per-head plan")
-    s.add_argument("--model-path", required=True, help="folder of a diffusers pipeline (save_pretrained layout)")
+    from headsparse.pipelines import PRESETS
+
+    s = sub.add_parser("search", help="calibrate a pipeline on a few dense runs and write a per-head plan")
+    s.add_argument("--model", choices=list(PRESETS),
+                   help="a preset, as for generate (shapes and tiny are embedded: no --model-path needed)")
+    s.add_argument("--model-path", help="folder of a diffusers pipeline (save_pretrained layout); its "
+                                        "model_index.json names the pipeline class")
     s.add_argument("--prompts", required=True, help="text file, one prompt per line")
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -261,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=32, help="query rows sampled per head and call")
     s.add_argument("--cost", choices=["measured", "blocks"], default="measured")
     s.add_argument("--block-size", type=int, default=128)
-    s.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    s.add_argument("--dtype", choices=sorted(DTYPES), help="default: the preset's, else bf16")
     s.add_argument("--device", default="cuda" if _cuda() else "cpu")
     s.add_argument("--cache", help="calibration cache file: an interrupted search resumes from it")
     s.add_argument("--out", required=True)

@@ -20,6 +20,9 @@ from headsparse.patterns import Dense, Pattern, get_pattern
 
 PLAN_FORMAT = "headsparse-plan"
 PLAN_VERSION = 1
+# Query/key block sizes the executors run: masks pack into 32-bit words per row of a block, and
+# every shipped Triton launch config is checked for these (tests/test_gpu_static.py).
+BLOCK_SIZES = (32, 64, 128)
 
 
 def pattern_to_dict(pattern: Pattern) -> dict[str, Any]:
@@ -117,8 +120,7 @@ class ModelPlan:
         bad = [i for i in self.dense_layers if not 0 <= i < len(self.layers)]
         if bad:
             raise ValueError(f"dense_layers {bad} are outside the plan's {len(self.layers)} layers")
-        if self.block_size not in (16, 32, 64, 128, 256):
-            raise ValueError(f"block_size must be one of 16, 32, 64, 128, 256; got {self.block_size!r}")
+        check_block_size(self.block_size)
         if self.grid is not None and (len(self.grid) != 3 or any(int(n) < 1 for n in self.grid)):
             raise ValueError(f"grid must be (frames, height, width) in tokens, got {self.grid!r}")
 
@@ -199,6 +201,13 @@ class ModelPlan:
             raise ValueError(f"plan entry is missing the key {exc}") from None
 
 
+def check_block_size(value: Any) -> None:
+    """Raise ValueError unless ``value`` is a block size the executors run (``BLOCK_SIZES``)."""
+    if isinstance(value, bool) or value not in BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {', '.join(map(str, BLOCK_SIZES))} (tokens per query/key "
+                         f"block); got {value!r}")
+
+
 def check_dense_steps(value: Any) -> None:
     ok_int = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     ok_frac = isinstance(value, float) and 0.0 <= value <= 1.0
@@ -240,15 +249,31 @@ class Plan:
         return json.dumps(data, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        data = json.loads(text)
+    def from_json(cls, text: str, source: str = "the plan") -> Plan:
+        """Parse a plan; ``source`` (e.g. its file name) is named in every error."""
+        if not text.strip():
+            raise ValueError(f"{source} is empty: expected a headsparse plan (JSON written by Plan.save or "
+                             "`headsparse search`)")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source} is not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise ValueError(f"not a headsparse plan (expected \"format\": \"{PLAN_FORMAT}\")")
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(
-                f"plan version {data.get('version')!r} is not supported (this headsparse reads {PLAN_VERSION})"
-            )
-        return cls({k: ModelPlan.from_dict(v) for k, v in data["transformers"].items()}, dict(data.get("settings", {})))
+            raise ValueError(f"{source} is not a headsparse plan (expected \"format\": \"{PLAN_FORMAT}\")")
+        version = data.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > PLAN_VERSION:
+            raise ValueError(f"{source} has plan version {version}, newer than this headsparse reads "
+                             f"({PLAN_VERSION}): upgrade headsparse to use it")
+        if version != PLAN_VERSION:
+            raise ValueError(f"{source}: plan version {version!r} is not supported (this headsparse reads "
+                             f"{PLAN_VERSION})")
+        transformers = data.get("transformers")
+        if not isinstance(transformers, dict):
+            raise ValueError(f"{source} has no \"transformers\" object")
+        try:
+            return cls({k: ModelPlan.from_dict(v) for k, v in transformers.items()}, dict(data.get("settings", {})))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -257,8 +282,12 @@ class Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read a plan written by :meth:`Plan.save` (or the search)."""
+    """Read a plan written by :meth:`Plan.save` (or the search); errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no plan file at {path}")
-    return Plan.from_json(path.read_text())
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"plan file {path} is not text (expected JSON)") from None
+    return Plan.from_json(text, source=f"plan file {path}")

@@ -1,41 +1,41 @@
-"""Timing a function the way every measurement in headsparse does: warm up, then best of N."""
+"""Timing the way every headsparse report does: warm up every path, interleave, repeat, take medians.
+
+Timings on a shared machine drift (other jobs, frequency, caches) by 20% or more from run to run.
+So paths are never timed one after the other: each is called once untimed (compilation, layout
+building, allocator warm-up), then the paths take turns (dense, sparse, dense, sparse, ...) for
+``repeats`` rounds. A report gives each path's median with its min-max spread, the ratio of the
+medians, and the spread of the per-round ratios (each round's paths ran back to back, so their
+ratio is the least disturbed measurement there is).
+
+What the numbers were measured on is :mod:`headsparse.machine`'s business.
+"""
 
 from __future__ import annotations
 
-import platform
+import statistics
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 
-def device_name(device: torch.device | str = "cpu") -> str:
-    """What a measurement ran on: the CUDA device's name, or the CPU model from /proc/cpuinfo."""
+def _synchroniser(device: torch.device | str) -> Callable[[], None]:
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def best_time(fn: Callable[[], Any], repeats: int, device: torch.device | str = "cpu") -> float:
     """Seconds of the fastest of ``repeats`` calls after one warm-up call (which also compiles).
 
-    CUDA work is synchronised around each call so the time covers the kernels, not their launch.
+    For decisions (the cost model): a minimum is the least noisy estimate of what a path *can* do.
+    Reports compare paths with :func:`interleaved` instead. CUDA work is synchronised around each
+    call so the time covers the kernels, not their launch.
     """
-    cuda = torch.device(device).type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
+    sync = _synchroniser(device)
     fn()
     sync()
     best = float("inf")
@@ -45,3 +45,58 @@ def best_time(fn: Callable[[], Any], repeats: int, device: torch.device | str = 
         sync()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A median with the smallest and largest value it summarises."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @staticmethod
+    def of(values: list[float]) -> Spread:
+        if not values:
+            raise ValueError("Spread.of needs at least one value")
+        return Spread(statistics.median(values), min(values), max(values), len(values))
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or ".3f"
+        if self.count == 1:
+            return f"{self.median:{spec}} (1 run)"
+        return f"{self.median:{spec}} ({self.low:{spec}}-{self.high:{spec}}, {self.count} runs)"
+
+
+def interleaved(paths: Mapping[str, Callable[[], Any]], repeats: int, device: torch.device | str = "cpu", *,
+                warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds of each path's call, ``repeats`` rounds of every path in turn, after one untimed call each.
+
+    Returns {label: [seconds per round]} in the paths' order; round ``i`` of every path ran in the
+    same stretch of time, so per-round ratios (:func:`ratio_spread`) cancel slow drift.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sync = _synchroniser(device)
+    if warmup:
+        for fn in paths.values():
+            fn()
+            sync()
+    times: dict[str, list[float]] = {label: [] for label in paths}
+    for _ in range(repeats):
+        for label, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[label].append(time.perf_counter() - start)
+    return times
+
+
+def ratio_spread(numerator: list[float], denominator: list[float]) -> tuple[float, Spread]:
+    """(ratio of the medians, spread of the per-round ratios) of two interleaved series."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"ratio_spread needs two series of one non-zero length, got {len(numerator)} and "
+                         f"{len(denominator)}")
+    rounds = [n / d for n, d in zip(numerator, denominator, strict=True)]
+    return statistics.median(numerator) / statistics.median(denominator), Spread.of(rounds)

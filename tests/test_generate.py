@@ -76,14 +76,20 @@ def test_video_is_written_as_mp4_or_gif_fallback(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------ generate
 def test_generate_report_in_process(tmp_path):
     request = GenerateRequest(model="tiny", prompt="a red car", out=tmp_path, mode="pattern", pattern="spatial",
-                              frames=5, height=32, width=32, steps=3, compare_dense=True, progress=False)
+                              frames=5, height=32, width=32, steps=3, compare_dense=True, progress=False, repeats=2)
     report = generate(request)
     assert report["mode"] == "pattern" and report["patch"]["pattern"] == "spatial"
-    assert set(report["runs"]) == {"dense", "headsparse"}
+    assert set(report["runs"]) == {"dense", "headsparse"} and report["repeats"] == 2
     for run in report["runs"].values():
         assert run["wall_s"] > 0 and 0 < run["transformer_s"] <= run["wall_s"]
         assert 0 < run["attention_s"] <= run["transformer_s"] and 0 < run["attention_share"] < 1
+        assert len(run["wall_s_runs"]) == 2 and run["wall_s_min"] <= run["wall_s"] <= run["wall_s_max"]
+    assert report["runs"]["headsparse"]["sparse_calls"] > 0 and report["runs"]["dense"]["sparse_calls"] == 0
     assert set(report["speedup"]) == {"wall", "transformer", "attention"}
+    for ratio in report["speedup"].values():
+        assert ratio["low"] <= ratio["high"] and ratio["ratio"] > 0
+    assert report["headline"].startswith("Speed-up (dense / headsparse, ratio of medians of 2 interleaved runs")
+    assert report["device_info"]["kind"] == "cpu" and report["device_name"] == report["device_info"]["name"]
     assert len(report["per_frame"]) == report["frames"] == 5
     assert all(np.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 for r in report["per_frame"])
     # Four planted layers ran the spatial pattern on 3 x 8 x 8 tokens (one dense warm-up step first).
@@ -92,9 +98,11 @@ def test_generate_report_in_process(tmp_path):
     for name in ("dense.mp4", "headsparse.mp4", "side_by_side.mp4", "report.json", "report.md"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["speedup"] == pytest.approx(report["speedup"])
+    for name, ratio in report["speedup"].items():
+        assert saved["speedup"][name] == pytest.approx(ratio)
     md = (tmp_path / "report.md").read_text()
     assert "PSNR" in md and "SSIM" in md and "blocks.3.attn1" in md and "LPIPS" in md
+    assert report["headline"] in md and "AMX:" in md and "2 timed run(s) of each, interleaved" in md
 
 
 def test_the_dense_run_is_the_unpatched_pipeline(tmp_path):
@@ -156,7 +164,7 @@ def test_generate_cli_modes(tmp_path, mode):
     if expected == "plan":
         assert report["layers"][0]["patterns"] == {"temporal": 2}
     if mode[1:2] == ["--compare-dense"]:
-        assert "speedup" in report and (out / "side_by_side.mp4").is_file()
+        assert "headline" in report and (out / "side_by_side.mp4").is_file()
         assert sum(sum(r["patterns"].values()) for r in report["layers"]) == 8
     if "--max-cost" in mode:  # no pattern runs in a millionth of dense time: every head stays dense
         assert report["patch"]["recognizer"]["max_cost"] == 1e-6
@@ -172,8 +180,9 @@ def test_demo_runs_the_shipped_moving_shapes_model(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "shapes" and report["mode"] == "auto"
     assert report["prompt"] == "a red circle bouncing right"
-    assert report["frames"] == 4 and report["height"] == 32 and "speedup" in report and report["psnr_mean"] > 10
-    assert "Speed-up (dense / headsparse)" in result.stdout and "PSNR" in result.stdout
+    assert report["frames"] == 4 and report["height"] == 32 and report["psnr_mean"] > 10
+    assert report["repeats"] == 3 and len(report["runs"]["dense"]["wall_s_runs"]) == 3
+    assert report["headline"] in result.stdout and "PSNR" in result.stdout
     assert (out / "side_by_side.mp4").is_file() or (out / "side_by_side.gif").is_file()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -77,3 +78,32 @@ def test_bad_files(tmp_path):
             {"from_step": 0, "heads": [{"pattern": "no-such-pattern"}]}]}]}}}))
     with pytest.raises(ValueError, match="unknown pattern"):
         load_plan(tmp_path / "p.json")
+
+
+def test_unreadable_plan_files_name_the_file_and_the_problem(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=rf"plan file {re.escape(str(empty))} is empty"):
+        load_plan(empty)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "headsparse-plan",\n "version": 1,')
+    with pytest.raises(ValueError, match=rf"plan file {re.escape(str(broken))} is not JSON: .* at line 2"):
+        load_plan(broken)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="is not text"):
+        load_plan(binary)
+    newer = tmp_path / "newer.json"
+    newer.write_text('{"format": "headsparse-plan", "version": 7, "transformers": {}}')
+    with pytest.raises(ValueError, match=r"plan version 7, newer than this headsparse reads \(1\): upgrade"):
+        load_plan(newer)
+    bare = tmp_path / "bare.json"
+    bare.write_text('{"format": "headsparse-plan", "version": 1}')
+    with pytest.raises(ValueError, match=r'bare.json has no "transformers" object'):
+        load_plan(bare)
+
+
+@pytest.mark.parametrize("size", [16, 48, 256, True])
+def test_block_size_is_refused_up_front_with_the_allowed_values(size):
+    with pytest.raises(ValueError, match=r"block_size must be one of 32, 64, 128 .*got"):
+        ModelPlan.uniform("M", ["a"], 2, Spatial(), block_size=size)

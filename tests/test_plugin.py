@@ -208,6 +208,22 @@ def test_unknown_processor_is_refused_and_model_untouched():
     assert not headsparse.is_patched(case.model)
 
 
+def test_bad_block_size_and_plan_files_are_refused_before_patching(tmp_path):
+    case = build("wan")
+    before = _processors(case.model)
+    with pytest.raises(ValueError, match=r"block_size must be one of 32, 64, 128 .*got 16"):
+        headsparse.patch(case.model, pattern="spatial", block_size=16)
+    plan = headsparse.patch(case.model, pattern="spatial").plan
+    headsparse.unpatch(case.model)
+    with pytest.raises(ValueError, match="block_size must be one of"):
+        headsparse.patch(case.model, plan, block_size=256)
+    (tmp_path / "empty.json").write_text("   \n")
+    with pytest.raises(ValueError, match=r"plan file .*empty\.json is empty"):
+        headsparse.patch(case.model, str(tmp_path / "empty.json"))
+    assert all(before[k] is p for k, p in _processors(case.model).items())
+    assert not headsparse.is_patched(case.model)
+
+
 def test_plans_for_another_model_are_refused():
     wan, cog = build("wan"), build("cogvideox")
     wan_plan = headsparse.patch(wan.model, pattern="spatial").plan

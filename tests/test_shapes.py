@@ -25,7 +25,7 @@ from headsparse.pipelines.shapes import (
     shapes_scheduler,
     with_positions,
 )
-from headsparse.pipelines.train_shapes import train
+from headsparse.pipelines.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,6 +88,32 @@ def test_pipeline_generates_videos_in_range_and_reproducibly():
     pt = generate(pipe, ["a red circle moving left", "a blue square bouncing up"], guidance_scale=1.0,
                   num_frames=2, height=20, width=24, output_type="pt")
     assert isinstance(pt, torch.Tensor) and pt.shape == (2, 2, 20, 24, 3)
+
+
+def test_pipeline_takes_the_standard_diffusers_call_arguments():
+    pipe = small_pipeline()
+    seen = []
+
+    def callback(p, step, timestep, tensors):
+        seen.append((step, sorted(tensors)))
+        return {"latents": tensors["latents"] * 0} if step == 2 else {}
+
+    latents = torch.randn(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = pipe("a red circle moving left", num_frames=4, height=16, width=16, num_inference_steps=3,
+               latents=latents, callback_on_step_end=callback,
+               callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"], output_type="latent",
+               return_dict=False)
+    assert seen == [(0, ["latents", "prompt_embeds"]), (1, ["latents", "prompt_embeds"]),
+                    (2, ["latents", "prompt_embeds"])]
+    assert isinstance(out, tuple) and torch.equal(out[0], torch.zeros(1, 3, 4, 16, 16))  # the callback's latents
+    same = generate(pipe, latents=latents.clone())
+    np.testing.assert_array_equal(same, generate(pipe, latents=latents.clone()))  # latents replace the generator
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        generate(pipe, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["noise"])
+    with pytest.raises(ValueError, match="latents must have shape"):
+        generate(pipe, latents=torch.zeros(1, 3, 2, 16, 16))
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        generate(pipe, eta=0.5)
 
 
 def test_pipeline_refuses_bad_sizes():

@@ -87,13 +87,13 @@ def layout_block_mask(layout: Layout, batch: int, device: torch.device) -> Block
 def cpu_compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype compiled FlexAttention computes in on this CPU for inputs of ``dtype``.
 
-    Without AMX tiles, FlexAttention's reduced-precision CPU path is slower than its float32 path:
-    at L=26520, 10% of blocks, bf16 ran at 0.23 of dense bf16 SDPA and float32 compute at 0.15
-    (benchmarks/results/attention_cpu.md). There the executor upcasts, which is also more exact.
+    This machine's :func:`~headsparse.kernels.cpu_profile.cpu_profile`: measured once and cached, or
+    from the CPU's features (without AMX tiles FlexAttention's reduced-precision path can be slower
+    than float32 compute, which is also more exact).
     """
-    if dtype in (torch.bfloat16, torch.float16) and not torch.cpu._is_amx_tile_supported():
-        return torch.float32
-    return dtype
+    from headsparse.kernels.cpu_profile import cpu_profile
+
+    return cpu_profile().compute_dtype(dtype)
 
 
 def _pad_len(x: Tensor, length: int) -> Tensor:
@@ -104,15 +104,21 @@ def _pad_len(x: Tensor, length: int) -> Tensor:
 
 def flex_block_sparse_attention(
     q: Tensor, k: Tensor, v: Tensor, layout: Layout, *, scale: float | None = None,
-    return_lse: bool = False, compiled: bool = True,
+    return_lse: bool = False, compiled: bool = True, compute_dtype: torch.dtype | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Run compiled FlexAttention on q/k/v [B, H, L, D] in the layout's (permuted) order."""
+    """Run compiled FlexAttention on q/k/v [B, H, L, D] in the layout's (permuted) order.
+
+    ``compute_dtype``: what it computes in (default: q's dtype on CUDA, this CPU's profile on CPU).
+    """
     if flex_attention is None:  # pragma: no cover
         raise RuntimeError("this torch has no FlexAttention (torch >= 2.5 is required)")
     if return_lse and compiled and q.device.type == "cpu":
         raise ValueError("compiled FlexAttention on CPU cannot return the log-sum-exp; use backend='masked'")
     lq, out_dtype = q.shape[2], q.dtype
-    compute = cpu_compute_dtype(q.dtype) if q.device.type == "cpu" else q.dtype
+    if compute_dtype is not None:
+        compute = compute_dtype
+    else:
+        compute = cpu_compute_dtype(q.dtype) if q.device.type == "cpu" else q.dtype
     block_mask = layout_block_mask(layout, q.shape[0], q.device)
     qp = _pad_len(q.to(compute), layout.num_q_blocks * layout.block_m)
     kp = _pad_len(k.to(compute), layout.num_kv_blocks * layout.block_n)

@@ -4,7 +4,8 @@ CUDA tensors go to the Triton kernel. On CPU: a layout that keeps every pair run
 whose query blocks share keys in large groups runs the grouped executor (batched SDPA per group);
 others run compiled FlexAttention; a layer whose heads want different executors is split by head
 (dense heads run plain SDPA). The eager masked executor serves gradients, the log-sum-exp
-and a failed compile. The threshold is measured by ``benchmarks/attention.py``. The layout's
+and a failed compile. The group size from which grouped wins, and FlexAttention's compute dtype,
+are this machine's (:mod:`headsparse.kernels.cpu_profile`). The layout's
 token permutation is applied before and undone after, so callers see the original token order.
 """
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from headsparse.kernels.cpu_profile import cpu_profile
 from headsparse.kernels.flex import flex_block_sparse_attention
 from headsparse.kernels.grouped import grouped_block_sparse_attention, mean_group_rows
 from headsparse.kernels.layout import Layout
@@ -28,11 +30,6 @@ from headsparse.kernels.triton_attention import triton_block_sparse_attention
 logger = logging.getLogger(__name__)
 
 Backend = Literal["auto", "triton", "grouped", "flex", "masked"]
-
-# Work-weighted mean query rows per SDPA problem above which the grouped executor beats
-# FlexAttention on CPU (frame-sized groups: 0.07 vs 0.13 of dense; single 128-row blocks: 0.21 vs
-# 0.15). See benchmarks/results/attention_cpu.md.
-CPU_GROUPED_MIN_ROWS = 512
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _flex_compile_failed = False
@@ -88,7 +85,7 @@ def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> st
 def _cpu_executor(layout: Layout) -> str:
     if layout.is_dense():
         return "sdpa"
-    if mean_group_rows(layout) >= CPU_GROUPED_MIN_ROWS:
+    if mean_group_rows(layout) >= cpu_profile().grouped_min_rows:
         return "grouped"
     # Masked dense SDPA never beat FlexAttention on this CPU (at 75% of blocks: 1.60 vs 1.19 of
     # dense), so it only serves where compile fails.

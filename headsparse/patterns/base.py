@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -106,6 +106,12 @@ class Pattern(ABC):
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def label(self) -> str:
+        """The name with the parameters that differ from the class defaults, e.g. 'spatial(frame_band=1)'."""
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        changed = [f"{k}={v}" for k, v in self.params().items() if k not in defaults or defaults[k] != v]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
 
     # ------------------------------------------------------------------ the exact mask
     @abstractmethod

@@ -176,6 +176,8 @@ class Recognizer:
         Without ``max_cost``: all of them, ordered by the fraction of blocks their layout visits.
         """
         candidates = list(self.candidates if self.candidates is not None else default_candidates(geometry))
+        # A candidate that visits every block is never cheaper than dense (and may keep every pair).
+        candidates = [p for p in candidates if block_cost(p, geometry, block) < 1.0]
         if self.max_cost is None:
             return sorted(candidates, key=lambda p: block_cost(p, geometry, block)), self.pooled
         tried = candidates + ([self.pooled] if self.pooled is not None else [])

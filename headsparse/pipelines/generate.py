@@ -1,9 +1,12 @@
 """Generate with a diffusers pipeline, dense and/or headsparse, and report speed and fidelity.
 
-``generate(request)`` loads the pipeline (a local checkpoint folder, or the embedded tiny one),
-runs it dense when asked to compare, then patched with the requested mode, from the same seed;
-writes the outputs (and a side-by-side video) and a report (JSON + markdown): wall time, time in
-the transformer and in attention, the density of each layer, PSNR/SSIM per frame.
+``generate(request)`` loads the pipeline (a local checkpoint folder, or an embedded model), warms
+up every path it will time (one untimed step each), then runs dense and headsparse in turn
+(dense, headsparse, dense, ...) ``repeats`` times from the same seed; writes the outputs (and a
+side-by-side video) and a report (JSON + markdown): the device, each path's median wall, transformer
+and attention time with its spread, the ratio of the medians with the spread of the per-round ratios,
+the density of each layer, PSNR/SSIM per frame. A run in which no head ran sparse, or whose output
+is identical to dense, claims no speed-up: its headline says so.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import numpy as np
 import torch
 
 import headsparse
+from headsparse.machine import device_line, device_report
+from headsparse.pipelines.loading import PipelineLoadError, read_model_index, resolve_class
 from headsparse.pipelines.media import side_by_side, write_output
 from headsparse.pipelines.metrics import frame_metrics
 from headsparse.pipelines.presets import Preset, preset_for
-from headsparse.timing import device_name
+from headsparse.timing import Spread, ratio_spread
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +69,8 @@ class GenerateRequest:
     compare_dense: bool = False
     cpu_offload: bool = False
     progress: bool = True
-    warmup: bool = True  # an untimed 1-step run first, so neither timed run pays first-call costs
+    warmup: bool = True  # an untimed 1-step run of every timed path first, so no timed run pays first-call costs
+    repeats: int = 1  # timed runs of each path, interleaved (dense, headsparse, dense, ...)
 
 
 @dataclass
@@ -77,6 +83,7 @@ class RunResult:
     transformer_s: float
     attention_s: float | None
     layers: list[dict[str, Any]] = field(default_factory=list)
+    sparse_calls: int = 0  # attention calls that ran a sparse layout (0: every head was dense)
 
 
 def resolve_mode(request: GenerateRequest, preset: Preset) -> tuple[str, dict[str, Any]]:
@@ -132,34 +139,33 @@ def load_pipeline(preset: Preset, model_path: str | None, dtype: torch.dtype, de
 
         pipe = build_tiny_wan_pipeline("demo")
         return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
-    if preset.name == "shapes":
-        from headsparse.pipelines.shapes import load_moving_shapes_pipeline
-
-        try:
-            return load_moving_shapes_pipeline(model_path, dtype, device)
-        except FileNotFoundError as exc:
-            raise GenerateError(str(exc)) from None
+    if model_path is None and preset.weights is not None:
+        model_path = str(preset.weights_folder())
     if model_path is None:
         raise GenerateError(
             f"--model {preset.name} needs --model-path DIR: a local diffusers folder (e.g. a download of "
             f"{preset.checkpoint}); nothing is downloaded"
         )
     folder = Path(model_path)
-    if not (folder / "model_index.json").is_file():
-        raise GenerateError(f"--model-path {model_path}: not a diffusers pipeline folder (no model_index.json)")
-    index = json.loads((folder / "model_index.json").read_text())
+    try:
+        index = read_model_index(folder)
+        cls = resolve_class(preset.pipeline)
+    except PipelineLoadError as exc:
+        raise GenerateError(f"--model-path {model_path}: {exc}") from None
     transformer = index.get("transformer", [None, None])[1]
     if transformer != preset.transformer:
         raise GenerateError(
             f"--model {preset.name} expects a {preset.transformer}; the pipeline in {model_path} has {transformer}"
         )
+    if hasattr(cls, "load_local"):  # an embedded pixel-space model (its own text-encoder dtype)
+        return cls.load_local(folder, dtype, device)
     import diffusers
 
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     if preset.vae_float32 and "vae" in index:
         vae_cls = getattr(diffusers, index["vae"][1])
         kwargs["vae"] = vae_cls.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
-    pipe = getattr(diffusers, preset.pipeline).from_pretrained(folder, **kwargs)
+    pipe = cls.from_pretrained(folder, **kwargs)
     if cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
         return pipe
@@ -238,6 +244,7 @@ def run_once(pipe: Any, preset: Preset, request: GenerateRequest, label: str,
         output = pipe(**pipeline_call(preset, request))
         wall = time.perf_counter() - start
         attention = sum(st.seconds for state in handle.states.values() for st in state.stats)
+        sparse_calls = sum(st.sparse_calls for state in handle.states.values() for st in state.stats)
         layers = _layer_rows(pipe) if patch_kwargs else []
     finally:
         clock.remove()
@@ -245,15 +252,16 @@ def run_once(pipe: Any, preset: Preset, request: GenerateRequest, label: str,
     frames = np.asarray(output.frames[0] if preset.video else output.images)
     if frames.ndim == 3:
         frames = frames[None]
-    return RunResult(label, frames.astype(np.float32), wall, clock.seconds, attention, layers)
+    return RunResult(label, frames.astype(np.float32), wall, clock.seconds, attention, layers, sparse_calls)
 
 
 def warm_up(pipe: Any, preset: Preset, request: GenerateRequest, patch_kwargs: dict[str, Any]) -> None:
     """One untimed sparse step (dense when ``patch_kwargs`` is empty) through the whole pipeline.
 
     It pays the first-call costs (kernel compilation, layout construction, oneDNN/cuDNN setup,
-    the VAE's first decode) so that neither timed run carries them; online recognition is redone
-    in the timed run, whose cost it is.
+    the VAE's first decode) so that no timed run carries them; every timed path gets its own
+    (a dense run warmed by a sparse one still pays dense SDPA's first call). Online recognition is
+    redone in the timed run, whose cost it is.
     """
     handle = _patch(pipe, request, {**patch_kwargs, "dense_steps": 0} if patch_kwargs else {}, profile=False)
     try:
@@ -296,10 +304,62 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _run_summary(run: RunResult) -> dict[str, Any]:
-    share = _ratio(run.attention_s, run.wall_s)
-    return {"wall_s": run.wall_s, "transformer_s": run.transformer_s, "attention_s": run.attention_s,
-            "attention_share": share}
+def _run_summary(results: list[RunResult]) -> dict[str, Any]:
+    """Median (and every run's value) of one path's wall, transformer and attention seconds."""
+    out: dict[str, Any] = {"repeats": len(results)}
+    for key in ("wall_s", "transformer_s", "attention_s"):
+        values = [getattr(r, key) for r in results]
+        if any(v is None for v in values):
+            out[key], out[f"{key}_runs"] = None, None
+            continue
+        spread = Spread.of(values)
+        out[key], out[f"{key}_min"], out[f"{key}_max"], out[f"{key}_runs"] = (spread.median, spread.low, spread.high,
+                                                                            values)
+    out["attention_share"] = _ratio(out["attention_s"], out["wall_s"])
+    out["sparse_calls"] = sum(r.sparse_calls for r in results)
+    return out
+
+
+def _speedup(dense: list[RunResult], sparse: list[RunResult]) -> dict[str, Any]:
+    """Per measure: dense / headsparse as the ratio of medians, and the spread of the per-round ratios."""
+    out = {}
+    for name, key in (("wall", "wall_s"), ("transformer", "transformer_s"), ("attention", "attention_s")):
+        d, s = [getattr(r, key) for r in dense], [getattr(r, key) for r in sparse]
+        if any(not v for v in d + s):
+            out[name] = None
+            continue
+        ratio, rounds = ratio_spread(d, s)
+        out[name] = {"ratio": ratio, "low": rounds.low, "high": rounds.high}
+    return out
+
+
+def headline(report: dict[str, Any]) -> str:
+    """The report's first claim: the speed-up with its spread, or why there is none."""
+    runs = report["runs"]
+    if "headsparse" not in runs:
+        return "Dense only: nothing to compare."
+    if "dense" not in runs:
+        return "headsparse only: no dense run to compare with (use --compare-dense)."
+    n = runs["dense"]["repeats"]
+    wall = f"dense {_fmt(runs['dense']['wall_s'])} s, headsparse {_fmt(runs['headsparse']['wall_s'])} s"
+    if runs["headsparse"]["sparse_calls"] == 0:
+        return (f"No head was made sparse: outputs identical, times equal within noise ({wall}, median of {n}). "
+                "No speed-up is claimed.")
+    if report.get("identical"):
+        return (f"Every sparse layout kept every pair: outputs identical to dense ({wall}, median of {n}). "
+                "No speed-up is claimed.")
+    s = report["speedup"]
+
+    def part(name: str) -> str:
+        r = s[name]
+        if r is None:
+            return f"{name} -"
+        spread = "" if n == 1 else f" ({r['low']:.2f}-{r['high']:.2f} per round)"
+        return f"{name} {r['ratio']:.2f}x{spread}"
+
+    runs_note = (f"ratio of medians of {n} interleaved runs each" if n > 1 else
+                 "one run each: no spread measured, and runs differ by 20% or more on a busy machine; use --repeats 3")
+    return f"Speed-up (dense / headsparse, {runs_note}): {part('wall')}, {part('transformer')}, {part('attention')}."
 
 
 def generate(request: GenerateRequest) -> dict[str, Any]:
@@ -309,6 +369,8 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     except ValueError as exc:
         raise GenerateError(str(exc)) from None
     mode, patch_kwargs = resolve_mode(request, preset)
+    if not isinstance(request.repeats, int) or request.repeats < 1:
+        raise GenerateError(f"--repeats must be an integer >= 1, got {request.repeats!r}")
     dtype_name = request.dtype or preset.dtype
     if dtype_name not in DTYPES:
         raise GenerateError(f"--dtype must be one of bf16, fp16, fp32; got {dtype_name!r}")
@@ -319,13 +381,18 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     fps = preset.fps or 1
 
-    if request.warmup:
-        warm_up(pipe, preset, request, patch_kwargs if mode != "dense" else {})
-    runs: dict[str, RunResult] = {}
-    if mode == "dense" or request.compare_dense:
-        runs["dense"] = run_once(pipe, preset, request, "dense", {})
+    paths = ["dense"] if mode == "dense" or request.compare_dense else []
     if mode != "dense":
-        runs["headsparse"] = run_once(pipe, preset, request, "headsparse", patch_kwargs)
+        paths.append("headsparse")
+    kwargs_of = {"dense": {}, "headsparse": patch_kwargs}
+    if request.warmup:
+        for label in paths:
+            warm_up(pipe, preset, request, kwargs_of[label])
+    timed: dict[str, list[RunResult]] = {label: [] for label in paths}
+    for _ in range(request.repeats):
+        for label in paths:  # interleaved: dense, headsparse, dense, headsparse, ...
+            timed[label].append(run_once(pipe, preset, request, label, kwargs_of[label]))
+    runs = {label: results[0] for label, results in timed.items()}
 
     files = {label: str(write_output(r.frames, out / label, fps, preset.video)) for label, r in runs.items()}
     call = pipeline_call(preset, request)
@@ -335,19 +402,19 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         "steps": call["num_inference_steps"], "frames": int(next(iter(runs.values())).frames.shape[0]),
         "height": call["height"], "width": call["width"],
         "dtype": str(DTYPES[dtype_name]).removeprefix("torch."),
-        "device": device, "device_name": device_name(device), "mode": mode,
+        "device": device, "device_info": device_report(device), "mode": mode,
         "patch": {k: _jsonable(v) for k, v in patch_kwargs.items()},
-        "runs": {label: _run_summary(r) for label, r in runs.items()},
+        "runs": {label: _run_summary(results) for label, results in timed.items()},
+        "repeats": request.repeats,
     }
+    report["device_name"] = report["device_info"]["name"]
     if "headsparse" in runs:
         report["layers"] = runs["headsparse"].layers
     if len(runs) == 2:
         dense, sparse = runs["dense"], runs["headsparse"]
-        report["speedup"] = {
-            "wall": _ratio(dense.wall_s, sparse.wall_s),
-            "transformer": _ratio(dense.transformer_s, sparse.transformer_s),
-            "attention": _ratio(dense.attention_s, sparse.attention_s),
-        }
+        report["identical"] = bool(np.array_equal(dense.frames, sparse.frames))
+        no_claim = report["identical"] or sparse.sparse_calls == 0
+        report["speedup"] = None if no_claim else _speedup(timed["dense"], timed["headsparse"])
         per_frame, note = frame_metrics(sparse.frames, dense.frames)
         report["per_frame"] = per_frame
         report["psnr_mean"] = _finite_mean([r["psnr"] for r in per_frame])
@@ -355,9 +422,11 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         if "lpips" in per_frame[0]:
             report["lpips_mean"] = sum(r["lpips"] for r in per_frame) / len(per_frame)
         report["lpips_note"] = note or "LPIPS (AlexNet) computed from local weights"
-        captions = (f"dense {dense.wall_s:.1f} s", f"headsparse {sparse.wall_s:.1f} s")
+        medians = {label: report["runs"][label]["wall_s"] for label in runs}
+        captions = (f"dense {medians['dense']:.1f} s", f"headsparse {medians['headsparse']:.1f} s")
         both = side_by_side(dense.frames, sparse.frames, captions)
         files["side_by_side"] = str(write_output(both, out / "side_by_side", fps, preset.video))
+    report["headline"] = headline(report)
     report["files"] = files
     (out / "report.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(report))
@@ -384,28 +453,39 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _timed(run: dict[str, Any], key: str, spec: str = ".2f") -> str:
+    """A median with its min-max spread when there were several runs."""
+    if run.get(key) is None:
+        return "-"
+    if run["repeats"] == 1:
+        return _fmt(run[key], spec)
+    return f"{_fmt(run[key], spec)} ({_fmt(run[key + '_min'], spec)}-{_fmt(run[key + '_max'], spec)})"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    """The report as markdown: the run, time side by side, fidelity, per-layer density."""
+    """The report as markdown: the run, the headline, time side by side, fidelity, per-layer density."""
+    n = report["repeats"]
     lines = [
         f"# headsparse generate: {report['model']}",
         "",
+        f"**{report['headline']}**",
+        "",
         f"- prompt: {report['prompt']!r}, seed {report['seed']}, {report['steps']} steps, {report['frames']} "
-        f"frame(s) of {report['height']}x{report['width']}, {report['dtype']} on {report['device_name']}",
+        f"frame(s) of {report['height']}x{report['width']}, {report['dtype']}",
+        f"- device: {device_line(report['device_info'])}",
         f"- mode: {report['mode']} {json.dumps(report['patch'])}",
         f"- model: {report['model_notes']}",
+        f"- timing: every path warmed up by one untimed step, then {n} timed run(s) of each, interleaved; "
+        + ("median (min-max) seconds" if n > 1 else "seconds of the one run"),
         "",
-        "| run | wall s | transformer s | attention s | attention share |",
-        "|---|---:|---:|---:|---:|",
+        "| run | wall s | transformer s | attention s | attention share | sparse calls |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, r in report["runs"].items():
-        lines.append(f"| {label} | {_fmt(r['wall_s'])} | {_fmt(r['transformer_s'])} | {_fmt(r['attention_s'])} | "
-                     f"{_fmt(r['attention_share'], '.1%')} |")
-    if "speedup" in report:
-        s = report["speedup"]
+        lines.append(f"| {label} | {_timed(r, 'wall_s')} | {_timed(r, 'transformer_s')} | {_timed(r, 'attention_s')} | "
+                     f"{_fmt(r['attention_share'], '.1%')} | {r['sparse_calls']} |")
+    if "per_frame" in report:
         lines += [
-            "",
-            f"Speed-up (dense / headsparse): wall {_fmt(s['wall'])}x, transformer {_fmt(s['transformer'])}x, "
-            f"attention {_fmt(s['attention'])}x.",
             "",
             f"Fidelity vs dense: PSNR {_fmt(report['psnr_mean'], '.2f')} dB, SSIM {_fmt(report['ssim_mean'], '.4f')}"
             + (f", LPIPS {_fmt(report['lpips_mean'], '.4f')}" if "lpips_mean" in report else "")
@@ -423,5 +503,3 @@ def report_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt(row['density'], '.3f')} |")
     lines += ["", "Files: " + ", ".join(f"{k}: {Path(v).name}" for k, v in report["files"].items()), ""]
     return "\n".join(lines)
-
-

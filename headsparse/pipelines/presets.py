@@ -10,7 +10,10 @@ first layer, which the offline search (a plan) replaces once searched for the mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class Preset:
     pattern_params: dict[str, Any] = field(default_factory=dict)
     vae_float32: bool = False  # load the VAE in float32 (Wan's recommendation)
     notes: str = ""
+    weights: str | None = None  # an embedded model: its folder under headsparse/pipelines/weights
+
+    def weights_folder(self) -> Path | None:
+        return None if self.weights is None else WEIGHTS / self.weights
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -63,7 +70,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                  "headsparse.pipelines.tiny); its videos are coloured noise, its attention structure is real; "
                  "CFG is off (guidance 1) because its text encoder is random too"),
     Preset("shapes", "MovingShapesPipeline", "WanTransformer3DModel", "(embedded; trained in-house)", True, "float32",
-           8, 16, 32, 32, 20, 3.0, dense_steps=0.2, dense_layers=1,
+           8, 16, 32, 32, 20, 3.0, dense_steps=0.2, dense_layers=1, weights="moving_shapes",
            notes="the embedded moving-shapes model (headsparse.pipelines.shapes): a 6-layer Wan transformer trained "
                  "on this project's CPU on captioned clips of coloured shapes, in pixel space; prompts follow the "
                  "grammar 'a <red|green|blue|yellow> <circle|square|triangle> <moving|bouncing> "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -401,13 +400,6 @@ def is_patched(target: Any) -> bool:
     return any(hasattr(m, STATE_ATTR) for m in find_transformers(target).values())
 
 
-def _label(pattern: Pattern) -> str:
-    """The pattern's name with the parameters that differ from the class defaults."""
-    defaults = {f.name: f.default for f in fields(pattern) if f.default is not MISSING}
-    params = [f"{k}={v}" for k, v in pattern.params().items() if k not in defaults or defaults[k] != v]
-    return f"{pattern.name}({', '.join(params)})" if params else pattern.name
-
-
 def summary(target: Any, *, print_table: bool = True) -> list[dict[str, Any]]:
     """Per transformer, layer and head: the pattern now in force, its density, and attention time.
 
@@ -438,13 +430,13 @@ def summary(target: Any, *, print_table: bool = True) -> list[dict[str, Any]]:
             rec_ms = 1000 * stats.recognition_seconds if stats.recognitions else None
             for h, p in enumerate(heads):
                 rows.append({
-                    "transformer": key, "layer": layer, "module": name, "head": h, "pattern": _label(p),
+                    "transformer": key, "layer": layer, "module": name, "head": h, "pattern": p.label(),
                     "density": None if density is None else density[h], "attention_ms": ms,
                     "recognitions": stats.recognitions, "recognition_ms": rec_ms,
                 })
             counts: dict[str, int] = {}
             for p in heads:
-                counts[_label(p)] = counts.get(_label(p), 0) + 1
+                counts[p.label()] = counts.get(p.label(), 0) + 1
             mix = ", ".join(f"{n}x {lab}" for lab, n in counts.items())
             dens = "" if density is None else f"  density {sum(density) / len(density):.3f}"
             time_s = "" if ms is None else f"  {ms:.2f} ms/call"

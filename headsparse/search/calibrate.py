@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 
 def search_candidates(geometry: Geometry, names: Sequence[str] | None = None) -> tuple[Pattern, ...]:
-    """Dense first, then every static registered pattern on its parameter grid that fits the geometry."""
+    """Dense first, then every static registered pattern on its parameter grid that fits the geometry
+    and drops some pair there (a window as large as the grid is dense, whatever its name)."""
     found: list[Pattern] = [Dense()]
     pool = list(candidates(list(names) if names is not None else None)) + list(default_candidates(geometry))
     probe = torch.tensor([geometry.video_start])
@@ -36,10 +37,12 @@ def search_candidates(geometry: Geometry, names: Sequence[str] | None = None) ->
             continue
         try:
             p.mask(geometry, probe[:, None], probe[None, :])
-            p.layout(geometry, block_m=128, block_n=128)
+            layout = p.layout(geometry, block_m=128, block_n=128)
         except (ValueError, TypeError) as exc:
             logger.debug("candidate %s does not fit %s: %s", p, geometry, exc)
             continue
+        if layout.is_dense():
+            continue  # keeps every pair at this grid: it is dense, and must not pass for a sparse choice
         found.append(p)
     return tuple(found)
 

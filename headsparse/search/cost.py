@@ -13,8 +13,6 @@ blocks the layout visits.
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,21 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from headsparse.kernels import sparse_attention
+from headsparse.machine import cache_dir, machine_key
 from headsparse.patterns import Dense, Geometry, Pattern
 from headsparse.patterns.layer import heads_layout
 from headsparse.plan import pattern_to_dict
 from headsparse.timing import best_time
-
-
-def device_name(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu-{platform.machine()}-{platform.processor() or 'unknown'}-{torch.get_num_threads()}threads"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("HEADSPARSE_CACHE", Path.home() / ".cache" / "headsparse"))
 
 
 @dataclass
@@ -56,8 +44,7 @@ class CostModel:
             raise ValueError(f"CostModel.mode must be 'measured' or 'blocks', got {self.mode!r}")
 
     def _cache_path(self) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in device_name(self.device))
-        return (self.cache_dir or default_cache_dir()) / f"cost-{safe}.json"
+        return (self.cache_dir or cache_dir()) / f"cost-{machine_key(self.device)}.json"
 
     def _load(self) -> dict[str, float]:
         path = self._cache_path()

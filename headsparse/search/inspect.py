@@ -28,7 +28,7 @@ def plan_table(plan: Plan) -> str:
             for phase in layer.phases:
                 counts: dict[str, int] = {}
                 for p in phase.heads:
-                    counts[p.name] = counts.get(p.name, 0) + 1
+                    counts[p.label()] = counts.get(p.label(), 0) + 1
                 mix = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
                 lines.append(f"  {i:3d} {layer.name} (from step {phase.from_step}): {mix}")
     return "\n".join(lines)

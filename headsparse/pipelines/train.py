@@ -1,4 +1,8 @@
-"""Train the moving-shapes model on this CPU: ``python -m headsparse.pipelines.train_shapes --out DIR``.
+"""Train an embedded pixel-space model on this CPU: ``python -m headsparse.pipelines.train --dataset scenes --out DIR``.
+
+Datasets: ``shapes`` (:mod:`headsparse.pipelines.moving_shapes`, the moving-shapes model) and ``scenes``
+(:mod:`headsparse.pipelines.drifting_scenes`, the drifting-scenes model). With several clip sizes
+(``--sizes 16x32x32 4x64x64``) step ``i`` trains on size ``i % len(sizes)``.
 
 Rectified flow (flow matching) as diffusers' ``FlowMatchEulerDiscreteScheduler`` samples it:
 ``x_s = (1 - s) x0 + s noise`` with ``s`` logit-normal (SD3) and shifted towards high noise by
@@ -8,7 +12,7 @@ transformer predicts ``noise - x0`` at timestep ``1000 s``. Captions are dropped
 exponential moving average of the weights is what gets saved. ``--positions`` builds a
 6-channel transformer that also sees each pixel's (t, y, x) coordinates (``shapes.with_positions``).
 Everything follows from ``--seed``: clip ``i`` of the stream is
-``moving_shapes.clip(seed * 10**7 + i)``, so a rerun reproduces the same batches.
+``dataset.clip(seed * 10**7 + i)``, so a rerun reproduces the same batches.
 The run writes ``loss.csv`` (step, loss, smoothed loss, lr, seconds) as it goes, a resumable
 ``checkpoint.pt`` every ``--save-every`` steps, and at the end the EMA pipeline
 (``save_pretrained``, safetensors) into ``DIR/pipeline``.
@@ -20,29 +24,61 @@ import argparse
 import copy
 import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from headsparse.pipelines import moving_shapes
-from headsparse.pipelines.shapes import (
-    SHIFT,
-    MovingShapesPipeline,
-    ShapesSize,
+from headsparse.pipelines import drifting_scenes, moving_shapes, scenes, shapes
+from headsparse.pipelines.pixel_video import (
+    PixelModelSize,
+    PixelVideoPipeline,
     build_components,
     encode_captions,
-    shapes_scheduler,
+    flow_scheduler,
     with_positions,
 )
 
+Size = tuple[int, int, int]
 
-def batch_of(step: int, batch: int, seed: int, size: ShapesSize) -> tuple[torch.Tensor, list[str]]:
-    """Clips ``step * batch ...`` of the seed's stream: video [B, 3, F, H, W] in [-1, 1] and captions."""
+
+@dataclass(frozen=True)
+class Dataset:
+    """A procedural dataset and the pipeline class its model is saved as."""
+
+    name: str
+    clip: Callable[..., tuple[torch.Tensor, str]]
+    vocabulary: Callable[[], list[str]]
+    pipeline: type[PixelVideoPipeline]
+    sizes: tuple[Size, ...]  # default training clip sizes (frames, height, width), pixels
+    shift: float
+
+
+DATASETS = {
+    "shapes": Dataset("shapes", moving_shapes.clip, moving_shapes.vocabulary, shapes.MovingShapesPipeline,
+                      ((8, 32, 32),), shapes.SHIFT),
+    "scenes": Dataset("scenes", drifting_scenes.clip, drifting_scenes.vocabulary, scenes.DriftingScenesPipeline,
+                      scenes.TRAIN_SIZES, scenes.SHIFT),
+}
+SHIFT = shapes.SHIFT
+
+
+def dataset_named(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def batch_of(step: int, batch: int, seed: int, size: Size,
+             dataset: Dataset = DATASETS["shapes"]) -> tuple[torch.Tensor, list[str]]:
+    """Clips ``step * batch ...`` of the seed's stream at ``size`` (frames, height, width): video
+    [B, 3, F, H, W] in [-1, 1] and captions."""
+    frames, height, width = size
     videos, captions = [], []
     for j in range(batch):
-        video, caption = moving_shapes.clip(seed * 10**7 + step * batch + j, frames=size.frames,
-                                            height=size.height, width=size.width)
+        video, caption = dataset.clip(seed * 10**7 + step * batch + j, frames=frames, height=height, width=width)
         videos.append(video.permute(1, 0, 2, 3) * 2 - 1)
         captions.append(caption)
     return torch.stack(videos), captions
@@ -55,19 +91,27 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay: float, save_every: int,
-          warmup: int = 200, drop: float = 0.1, threads: int | None = None, size: ShapesSize | None = None,
-          init: Path | None = None, shift: float = SHIFT, quiet: bool = False) -> Path:
+          warmup: int = 200, drop: float = 0.1, threads: int | None = None, size: PixelModelSize | None = None,
+          init: Path | None = None, shift: float | None = None, quiet: bool = False, dataset: str = "shapes",
+          sizes: Sequence[Size] | None = None) -> Path:
     """Train (resuming from ``out/checkpoint.pt`` if present); returns the saved pipeline folder.
 
-    ``init`` is a saved pipeline folder whose transformer and text encoder weights the run starts
-    from (a second stage of training); when resuming, the checkpoint's transformer replaces the
-    init's, so the same command both starts and resumes a stage.
+    ``size`` is the architecture (and, without ``sizes``, the one training clip size); ``sizes``
+    the clip sizes trained on in turn (default: the dataset's, or ``size``'s clip when ``size`` is
+    given). ``init`` is a saved pipeline folder whose transformer and text encoder weights the run
+    starts from (a second stage of training); when resuming, the checkpoint's transformer replaces
+    the init's, so the same command both starts and resumes a stage.
     """
     if threads:
         torch.set_num_threads(threads)
+    data = dataset_named(dataset)
+    shift = data.shift if shift is None else shift
+    if sizes is None:
+        sizes = data.sizes if size is None else ((size.frames, size.height, size.width),)
+    sizes = tuple(tuple(int(n) for n in s) for s in sizes)
     out.mkdir(parents=True, exist_ok=True)
-    size = size or ShapesSize()
-    parts = build_components(size, seed)
+    size = size or PixelModelSize(frames=sizes[0][0], height=sizes[0][1], width=sizes[0][2])
+    parts = build_components(size, data.vocabulary(), seed)
     tokenizer, text_encoder, model = parts["tokenizer"], parts["text_encoder"], parts["transformer"]
     if init is not None:
         start_from(init, text_encoder, model)
@@ -100,18 +144,18 @@ def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay:
         log.write_text("step,loss,smooth,lr,seconds\n")
     params = sum(p.numel() for p in model.parameters())
     if not quiet:
-        print(f"transformer: {params / 1e6:.2f} M parameters; {steps} steps of {batch} clips "
-              f"({size.frames}x{size.height}x{size.width} px, "
-              f"{size.frames * (size.height // size.patch) * (size.width // size.patch)} tokens)")
+        clips = ", ".join(f"{f}x{h}x{w} px ({f * (h // size.patch) * (w // size.patch)} tokens)" for f, h, w in sizes)
+        print(f"transformer: {params / 1e6:.2f} M parameters; {steps} steps of {batch} {data.name} clips of {clips}")
     model.train()
     t0 = time.perf_counter()
+    max_tokens = data.pipeline.max_caption_tokens
     for step in range(start, steps):
-        x0, captions = batch_of(step, batch, seed, size)
+        x0, captions = batch_of(step, batch, seed, sizes[step % len(sizes)], data)
         keep = torch.rand(batch, generator=gen) >= drop
         captions = [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
         missing = sorted({c for c in captions if c not in cache})
         if missing:
-            cache.update(zip(missing, encode_captions(tokenizer, text_encoder, missing), strict=True))
+            cache.update(zip(missing, encode_captions(tokenizer, text_encoder, missing, max_tokens), strict=True))
         text = torch.stack([cache[c] for c in captions])
         s = torch.sigmoid(torch.randn(batch, generator=gen))  # logit-normal(0, 1), as SD3
         s = shift * s / (1 + (shift - 1) * s)
@@ -141,7 +185,7 @@ def train(out: Path, *, steps: int, batch: int, lr: float, seed: int, ema_decay:
         if (step + 1) % save_every == 0 or step + 1 == steps:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "step": step + 1, "smooth": smooth}, ckpt)
-    return save_pipeline(out / "pipeline", tokenizer, text_encoder, ema, shift)
+    return save_pipeline(out / "pipeline", tokenizer, text_encoder, ema, shift, data.pipeline)
 
 
 def start_from(folder: Path, text_encoder, transformer) -> None:
@@ -156,26 +200,41 @@ def start_from(folder: Path, text_encoder, transformer) -> None:
         module.load_state_dict(saved.state_dict(), strict=True)
 
 
-def save_pipeline(folder: Path, tokenizer, text_encoder, transformer, shift: float = SHIFT) -> Path:
-    pipe = MovingShapesPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer.eval(),
-                                scheduler=shapes_scheduler(shift))
+def save_pipeline(folder: Path, tokenizer, text_encoder, transformer, shift: float = SHIFT,
+                  pipeline: type[PixelVideoPipeline] = shapes.MovingShapesPipeline) -> Path:
+    pipe = pipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer.eval(),
+                    scheduler=flow_scheduler(shift))
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def export(out: Path, seed: int = 0, size: ShapesSize | None = None, init: Path | None = None,
-           shift: float = SHIFT) -> Path:
+def export(out: Path, seed: int = 0, size: PixelModelSize | None = None, init: Path | None = None,
+           shift: float | None = None, dataset: str = "shapes") -> Path:
     """Save the EMA weights of ``out/checkpoint.pt`` as a pipeline in ``out/pipeline`` (e.g. mid-training)."""
-    parts = build_components(size or ShapesSize(), seed)
+    data = dataset_named(dataset)
+    parts = build_components(size or PixelModelSize(), data.vocabulary(), seed)
     if init is not None:  # the text encoder the run was trained with
         start_from(init, parts["text_encoder"], parts["transformer"])
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     parts["transformer"].load_state_dict(state["ema"])
-    return save_pipeline(out / "pipeline", parts["tokenizer"], parts["text_encoder"], parts["transformer"], shift)
+    return save_pipeline(out / "pipeline", parts["tokenizer"], parts["text_encoder"], parts["transformer"],
+                         data.shift if shift is None else shift, data.pipeline)
+
+
+def parse_size(text: str) -> Size:
+    """'16x32x32' -> (16, 32, 32): frames x height x width in pixels."""
+    try:
+        f, h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a clip size is FRAMESxHEIGHTxWIDTH, e.g. 16x32x32; got {text!r}") from None
+    return f, h, w
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(DATASETS), default="shapes")
+    parser.add_argument("--sizes", type=parse_size, nargs="+",
+                        help="training clip sizes FRAMESxHEIGHTxWIDTH in pixels, used in turn (default: the dataset's)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=16)
@@ -185,21 +244,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--shift", type=float, default=SHIFT, help="noise-level shift of training and sampling")
+    parser.add_argument("--shift", type=float, default=None,
+                        help="noise-level shift of training and sampling (default: the dataset's)")
     parser.add_argument("--positions", action="store_true",
                         help="append (t, y, x) coordinates as input channels (a 6-channel transformer)")
     parser.add_argument("--init", type=Path, default=None,
                         help="a saved pipeline folder to start from (e.g. the shipped weights)")
     parser.add_argument("--export", action="store_true", help="only save the checkpoint's EMA weights as a pipeline")
     args = parser.parse_args(argv)
-    size = ShapesSize(positions=args.positions)
+    data = dataset_named(args.dataset)
+    sizes = tuple(args.sizes) if args.sizes else data.sizes
+    f, h, w = sizes[0]
+    size = PixelModelSize(frames=f, height=h, width=w, positions=args.positions)
     if args.export:
-        folder = export(args.out, args.seed, size, init=args.init, shift=args.shift)
+        folder = export(args.out, args.seed, size, init=args.init, shift=args.shift, dataset=args.dataset)
         print(f"saved the EMA pipeline to {folder}")
         return
     folder = train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                    ema_decay=args.ema, save_every=args.save_every, threads=args.threads, warmup=args.warmup,
-                   size=size, init=args.init, shift=args.shift)
+                   size=size, init=args.init, shift=args.shift, dataset=args.dataset, sizes=sizes)
     print(f"saved the EMA pipeline to {folder}")
 
 
