@@ -27,8 +27,7 @@ BLOCK_SIZES = (32, 64, 128)
 
 def pattern_to_dict(pattern: Pattern) -> dict[str, Any]:
     """{"pattern": name, **parameters} with tuples written as lists."""
-    params = {k: list(v) if isinstance(v, tuple) else v for k, v in pattern.params().items()}
-    return {"pattern": pattern.name, **params}
+    return pattern.to_dict()
 
 
 def _tuples(value: Any) -> Any:

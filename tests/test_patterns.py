@@ -79,9 +79,7 @@ def test_temporal_semantics_and_permutation_localises_blocks():
     lay = Temporal().layout(g, block_m=32, block_n=32)
     # token-major order: a 32-token block holds 4 locations x 8 frames, so every query block
     # visits exactly its own key block (in frame-major order it would visit all four).
-    assert lay.perm is not None
-    visited = lay.full_num + lay.part_num
-    assert visited.eq(1).all()
+    assert lay.ordered
     kinds = lay.block_kinds()[0, 0]
     assert torch.equal(kinds > 0, torch.eye(4, dtype=torch.bool))
 
@@ -183,7 +181,7 @@ def test_concat_heads_mixes_patterns():
     g = Geometry(3, 4, 4, text_len=5, text_position="prefix")
     pats = [Spatial(), Temporal(), Skip()]
     lay = Layout.concat_heads([p.layout(g, block_m=32, block_n=32) for p in pats])
-    assert lay.num_heads == 3 and lay.perm is not None
+    assert lay.num_heads == 3 and lay.ordered
     for h, p in enumerate(pats):
         assert torch.equal(lay.to_dense_mask()[0, h], p.dense_mask(g))
     q, k, v = (torch.randn(1, 3, g.seq_len, 16) for _ in range(3))

@@ -5,7 +5,7 @@ import torch
 
 from headsparse.kernels import frame_major_to_token_major, permute_tokens, tile_major
 from headsparse.kernels.layout import inverse_permutation
-from headsparse.kernels.permute import permute_tokens_reference
+from headsparse.kernels.permute import brick_order, permute_tokens_reference
 
 
 def coords(frames, height, width):
@@ -78,5 +78,29 @@ def test_permute_shared_index_and_strided_input():
 
 
 def test_permute_rejects_bad_index():
-    with pytest.raises(ValueError, match=r"index must be \[2, 10\]"):
-        permute_tokens(torch.randn(1, 2, 10, 4), torch.arange(9))
+    with pytest.raises(ValueError, match=r"index must be \[2, positions\]"):
+        permute_tokens(torch.randn(1, 2, 10, 4), torch.zeros(3, 10, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padding_positions_give_zero_rows(dtype):
+    x = torch.randn(1, 2, 10, 24).to(dtype)
+    index = torch.tensor([[3, -1, 0, 9, -1, -1, 5, 1], [-1, 2, 4, 6, 8, -1, 7, 0]])
+    y = permute_tokens(x, index)  # the Triton kernel under the interpreter
+    assert y.shape == (1, 2, 8, 24) and torch.equal(y, permute_tokens_reference(x, index))
+    assert not y[0, 0, 1].any() and torch.equal(y[0, 1, 2], x[0, 1, 4])
+
+
+def test_brick_order_pads_bricks_and_text_to_whole_blocks():
+    order = brick_order(3, 5, 6, (2, 2, 4), 8, offset=(0, 1, 2), prefix=3, suffix=2)
+    assert order.numel() % 8 == 0 and sorted(order[order >= 0].tolist()) == list(range(3 + 90 + 2))
+    blocks = order.view(-1, 8)
+    assert blocks[0].tolist() == [0, 1, 2, -1, -1, -1, -1, -1]  # the prefix text fills its own block
+    t, y, x = (torch.arange(90) // 30, torch.arange(90) // 6 % 5, torch.arange(90) % 6)
+    for row in blocks[1:]:
+        video = row[(row >= 3) & (row < 93)] - 3
+        if video.numel():  # a block never mixes two bricks: one brick cell per axis
+            assert (t[video] // 2).unique().numel() == 1
+            assert ((y[video] + 1) // 2).unique().numel() == 1 and ((x[video] + 2) // 4).unique().numel() == 1
+    with pytest.raises(ValueError, match=r"offset\[1\] in \[0, brick\[1\]\)"):
+        brick_order(3, 5, 6, (2, 2, 4), 8, offset=(0, 2, 0))

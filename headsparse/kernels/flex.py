@@ -48,36 +48,48 @@ def _padded_table(bits: Tensor) -> Tensor:
 
 
 def layout_block_mask(layout: Layout, batch: int, device: torch.device) -> BlockMask:
-    """FlexAttention BlockMask for ``layout`` over padded lengths (multiples of the blocks)."""
+    """FlexAttention BlockMask for ``layout`` over its padded positions (multiples of the blocks).
+
+    FlexAttention takes per-head block tables as wide as the key blocks, so they are built here per
+    (batch item, head) from the layout's structures, and cached on the layout.
+    """
     key = ("block_mask", batch, str(device))
     if key in layout._cache:
         return layout._cache[key]
     lay = layout.to(device)
     bm, bn = lay.block_m, lay.block_n
-    # mask_mod must be right on every block, not only the partial ones compiled FlexAttention calls
-    # it on: eager FlexAttention (which torch.compile falls back to past its recompile limit)
-    # evaluates it everywhere. Full blocks point at an all-ones row appended to the mask table.
+    ids = lay.structure_mask_ids()  # [S, MQ, NK]
+    kinds = lay.structure_kinds()  # dense-row blocks holding key padding are partial here
+    full = (kinds == BLOCK_FULL) & (ids == -2)
+    partial = (ids >= 0) | ((ids == -2) & ~full)
+    # mask_mod must be right on every block, not only the partial ones compiled FlexAttention calls it
+    # on: eager FlexAttention (which torch.compile falls back to past its recompile limit) evaluates it
+    # everywhere. Blocks that keep every real key point at an all-ones row appended to the mask table.
     ones = torch.full((1, *lay.mask_bits.shape[1:]), -1, dtype=lay.mask_bits.dtype, device=device)
-    ids = torch.where(lay.block_kinds() == BLOCK_FULL, lay.mask_bits.shape[0], lay.mask_ids()).to(torch.int32)
+    mids = torch.where(ids == -2, lay.mask_bits.shape[0], ids).to(torch.int32)
     table = _padded_table(torch.cat([lay.mask_bits, ones]))
+    key_ok = lay.key_valid()  # [S, PK]
+    heads = lay.heads.long()  # [LB, H]
     per_batch = lay.batch > 1
 
     def mask_mod(b, h, q_idx, kv_idx):
-        mid = ids[b if per_batch else 0, h, q_idx // bm, kv_idx // bn]
+        s = heads[b if per_batch else 0, h]
+        mid = mids[s, q_idx // bm, kv_idx // bn]
         word = table[mid.clamp(min=0), q_idx % bm, (kv_idx % bn) // 32]
-        return (mid >= 0) & (((word >> ((kv_idx % bn) % 32)) & 1) != 0)
+        return (mid >= 0) & (((word >> ((kv_idx % bn) % 32)) & 1) != 0) & key_ok[s, kv_idx]
 
-    def expand(t: Tensor) -> Tensor:
-        return t.expand(batch, *t.shape[1:]) if t.shape[0] != batch else t
+    def tables(sel: Tensor) -> tuple[Tensor, Tensor]:
+        per_head = sel[heads]  # [LB, H, MQ, NK]
+        num = per_head.sum(-1, dtype=torch.int32)
+        idx = torch.sort((~per_head).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+        if per_head.shape[0] != batch:
+            num, idx = num.expand(batch, *num.shape[1:]), idx.expand(batch, *idx.shape[1:])
+        return num.contiguous(), idx.contiguous()
 
-    def full_width(idx: Tensor) -> Tensor:
-        # BlockMask reads the number of key blocks from the index tensors' last dimension.
-        pad = lay.num_kv_blocks - idx.shape[-1]
-        return F.pad(idx, (0, pad)) if pad else idx
-
+    part_num, part_idx = tables(partial)
+    full_num, full_idx = tables(full)
     block_mask = BlockMask.from_kv_blocks(
-        expand(lay.part_num), expand(full_width(lay.part_idx)), expand(lay.full_num), expand(full_width(lay.full_idx)),
-        BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
+        part_num, part_idx, full_num, full_idx, BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
         seq_lengths=(lay.num_q_blocks * bm, lay.num_kv_blocks * bn),
     )
     layout._cache[key] = block_mask

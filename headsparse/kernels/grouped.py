@@ -1,14 +1,14 @@
 """CPU executor: batched SDPA over groups of query blocks that share their keys.
 
-Query blocks of one head whose rows of the block map are identical (every block inside a frame
-under a spatial pattern, every block of a tile under a tiled one) form a group. When every partial
-block of a group keeps the same columns in every row (a *column mask*: frame edges, ragged padding),
-the group's keys are exactly a list of tokens: they are gathered once, without padding or holes,
-and the group runs as one unmasked SDPA problem with the large-tile efficiency of dense attention.
-A group whose rows differ in only a few ways (a query block straddling two frames) is split into
-row sets, each an unmasked problem over exactly its keys. Other groups gather their key blocks
-whole and pass SDPA an element mask. Groups of equal shape are batched into one call, in chunks
-that bound memory.
+Query blocks of one structure whose rows are identical (every block inside a frame under a spatial
+pattern, every block of a tile under a tiled one) form a group. When every partial block of a group
+keeps the same columns in every row (a *column mask*: frame edges, padding positions), the group's
+keys are exactly a list of positions: they are gathered once, without holes, and the group runs as
+one unmasked SDPA problem with the large-tile efficiency of dense attention. A group whose rows
+differ in only a few ways (a query block straddling two frames) is split into row sets, each an
+unmasked problem over exactly its keys. Other groups gather their key blocks whole and pass SDPA an
+element mask. Every head of a structure runs the same problems; problems of equal shape are batched
+into one call, in chunks that bound memory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from headsparse.kernels.layout import BLOCK_PARTIAL, Layout, unpack_bits
+from headsparse.kernels.layout import Layout, unpack_bits
 
 # Upper bound on the elements of one gathered K (or V) buffer, and of one mask, per SDPA call.
 _CHUNK_ELEMENTS = 32 * 1024 * 1024
@@ -32,86 +32,98 @@ _MAX_ROW_PATTERNS = 4
 
 @dataclass(frozen=True)
 class _Bucket:
-    """SDPA problems of one shape: ``n_q`` query tokens and ``n_keys`` key tokens each.
+    """SDPA problems of one shape: ``n_q`` query positions and ``n_keys`` key positions each.
 
-    Token rows index the padded q/k/v viewed as [batch, R * padded_len, D] with R = LB * H.
+    Rows index the padded q/k/v viewed as [batch, R * positions, D] with R = LB * H (structure
+    problems repeated for each of the structure's heads).
     """
 
     q_tokens: Tensor  # int64 [G * n_q]
     kv_tokens: Tensor  # int64 [G * n_keys]
     n_q: int
     n_keys: int
-    mask_ids: Tensor | None  # int32 [G, n_q // bm, n_keys // bn]: < 0 full, else mask row; None: no mask
+    mask_ids: Tensor | None  # int32 [G, n_q // bm, n_keys // bn]: -2 keeps all, >= 0 mask row; None: no mask
+
+    def nbytes(self) -> int:
+        tensors = [self.q_tokens, self.kv_tokens] + ([self.mask_ids] if self.mask_ids is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _column_masks(layout: Layout) -> tuple[Tensor, Tensor]:
-    """For each mask_bits row: whether all rows are equal, and the kept columns (bool [U, bn])."""
-    bits = layout.mask_bits
-    if bits.shape[0] == 0:
-        empty = torch.zeros(0, dtype=torch.bool, device=bits.device)
-        return empty, torch.zeros(0, layout.block_n, dtype=torch.bool, device=bits.device)
-    row_constant = (bits == bits[:, :1]).all(dim=(1, 2))
-    return row_constant, unpack_bits(bits[:, 0])
+def _row_signatures(layout: Layout) -> list[tuple]:
+    """Per row of every structure: (dense, full key blocks, partial (key block, mask id) pairs)."""
+    fp, fi = layout.full_ptr.tolist(), layout.full_idx.tolist()
+    pp, pi, pm = layout.part_ptr.tolist(), layout.part_idx.tolist(), layout.part_mask.tolist()
+    dense = layout.dense_rows.tolist()
+    return [(dense[r], tuple(fi[fp[r] : fp[r + 1]]), tuple(zip(pi[pp[r] : pp[r + 1]], pm[pp[r] : pp[r + 1]],
+                                                              strict=True)))
+            for r in range(len(dense))]
 
 
 def plan_groups(layout: Layout) -> list[_Bucket]:
-    """Group identical block-map rows per (batch, head) and bucket the SDPA problems by shape (cached)."""
+    """Group identical rows per structure and bucket the SDPA problems by shape (cached on the layout)."""
     if "grouped_plan" in layout._cache:
         return layout._cache["grouped_plan"]
-    lb, h, mq, nk = layout.batch, layout.num_heads, layout.num_q_blocks, layout.num_kv_blocks
+    mq, nk = layout.num_q_blocks, layout.num_kv_blocks
     bm, bn = layout.block_m, layout.block_n
-    kinds = layout.block_kinds().reshape(lb * h, mq, nk).cpu()
-    ids = layout.mask_ids().reshape(lb * h, mq, nk).cpu()
+    pq, pk = mq * bm, nk * bn
     bits = layout.mask_bits.cpu()
-    row_constant, columns = (t.cpu() for t in _column_masks(layout))
-    head = torch.arange(lb * h).repeat_interleave(mq)
-    rows = torch.cat([head[:, None], kinds.reshape(-1, nk).long()], dim=1)
-    uniq, group_of = torch.unique(rows, dim=0, return_inverse=True)
-    order = torch.argsort(group_of, stable=True)
-    members = torch.bincount(group_of, minlength=uniq.shape[0])
-    starts = torch.cumsum(members, 0) - members
-    flat_ids = ids.reshape(-1, nk)
+    row_constant = (bits == bits[:, :1]).all(dim=(1, 2)) if bits.shape[0] else torch.zeros(0, dtype=torch.bool)
+    columns = unpack_bits(bits[:, 0]) if bits.shape[0] else torch.zeros(0, bn, dtype=torch.bool)
+    key_ok = layout.key_valid().cpu()  # [S, PK]
+    signatures = _row_signatures(layout.to("cpu"))
+    heads_of = [[] for _ in range(layout.num_structures)]  # structure -> flat (batch item, head) rows R
+    for r, s in enumerate(layout.heads.flatten().tolist()):
+        heads_of[s].append(r)
     buckets: dict[tuple[int, int, bool], tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
 
-    def add(q_tokens: Tensor, kv_tokens: Tensor, mask_ids: Tensor | None) -> None:
-        entry = buckets.setdefault((q_tokens.numel(), kv_tokens.numel(), mask_ids is not None), ([], [], []))
-        entry[0].append(q_tokens)
-        entry[1].append(kv_tokens)
-        if mask_ids is not None:
-            entry[2].append(mask_ids)
+    def add(s: int, q_pos: Tensor, kv_pos: Tensor, mask_ids: Tensor | None) -> None:
+        entry = buckets.setdefault((q_pos.numel(), kv_pos.numel(), mask_ids is not None), ([], [], []))
+        for r in heads_of[s]:
+            entry[0].append(r * pq + q_pos)
+            entry[1].append(r * pk + kv_pos)
+            if mask_ids is not None:
+                entry[2].append(mask_ids)
 
-    for g in range(uniq.shape[0]):
-        row_kinds = uniq[g, 1:]
-        visited = (row_kinds > 0).nonzero().squeeze(1)
-        if visited.numel() == 0:
-            continue  # these query blocks keep no key: their output stays zero
-        r = int(uniq[g, 0])
-        q_blocks = order[starts[g] : starts[g] + members[g]]  # rows (r * MQ + m)
-        q_tokens = (q_blocks[:, None] * bm + torch.arange(bm)[None, :]).reshape(-1)
-        kv_tokens = (r * nk * bn + visited[:, None] * bn + torch.arange(bn)[None, :]).reshape(-1)
-        member_ids = flat_ids[q_blocks][:, visited]  # [nq, n_visited]
-        is_partial = row_kinds[visited] == BLOCK_PARTIAL
-        if not is_partial.any():
-            add(q_tokens, kv_tokens, None)
+    block_cols = torch.arange(bn)
+    for s in range(layout.num_structures):
+        if not heads_of[s]:
             continue
-        first = member_ids[0].clamp_min(0)
-        same_mask = (member_ids == member_ids[:1]).all(0)
-        if bool((same_mask[is_partial] & row_constant[first[is_partial]]).all()):
-            # Every member keeps the same columns in every row: the keys are a plain token list.
-            keep = torch.ones(visited.numel(), bn, dtype=torch.bool)
-            keep[is_partial] = columns[first[is_partial]]
-            add(q_tokens, kv_tokens[keep.reshape(-1)], None)
-            continue
-        element = _element_mask(bits, member_ids[None])[0]
-        patterns, row_pattern = torch.unique(element, dim=0, return_inverse=True)
-        if patterns.shape[0] <= _MAX_ROW_PATTERNS:
-            # Rows sharing one mask (e.g. the two frames of a straddling block) become separate
-            # unmasked problems over exactly their keys.
-            for p in range(patterns.shape[0]):
-                if patterns[p].any():
-                    add(q_tokens[row_pattern == p], kv_tokens[patterns[p]], None)
-            continue
-        add(q_tokens, kv_tokens, member_ids)  # full blocks have id -1
+        groups: dict[tuple, list[int]] = {}
+        for m in range(mq):
+            groups.setdefault(signatures[s * mq + m], []).append(m)
+        for (dense, full, part), members in groups.items():
+            q_blocks = torch.tensor(members)
+            q_pos = (q_blocks[:, None] * bm + torch.arange(bm)[None, :]).reshape(-1)
+            if dense:
+                add(s, q_pos, key_ok[s].nonzero().flatten(), None)
+                continue
+            if not full and not part:
+                continue  # these query blocks keep no key: their output stays zero
+            visited = sorted([(c, -2) for c in full] + list(part))
+            cols = torch.tensor([c for c, _ in visited])
+            ids = torch.tensor([i for _, i in visited], dtype=torch.int32)
+            kv_pos = (cols[:, None] * bn + block_cols[None, :]).reshape(-1)
+            is_partial = ids >= 0
+            if not is_partial.any():
+                add(s, q_pos, kv_pos, None)
+                continue
+            if bool(row_constant[ids[is_partial].long()].all()):
+                # Every partial block keeps the same columns in every row: the keys are a plain position list.
+                keep = torch.ones(cols.numel(), bn, dtype=torch.bool)
+                keep[is_partial] = columns[ids[is_partial].long()]
+                add(s, q_pos, kv_pos[keep.reshape(-1)], None)
+                continue
+            element = _element_mask(bits, ids[None, None].expand(1, 1, -1))[0]  # [bm, n_keys]
+            patterns, row_pattern = torch.unique(element, dim=0, return_inverse=True)
+            if patterns.shape[0] <= _MAX_ROW_PATTERNS:
+                # Rows sharing one mask (e.g. the two frames of a straddling block) become separate
+                # unmasked problems over exactly their keys.
+                rows_of = row_pattern.repeat(len(members))
+                for p in range(patterns.shape[0]):
+                    if patterns[p].any():
+                        add(s, q_pos[rows_of == p], kv_pos[patterns[p]], None)
+                continue
+            add(s, q_pos, kv_pos, ids[None, :].expand(len(members), -1).contiguous())  # [nq blocks, visited]
     plan = [
         _Bucket(torch.cat(qs), torch.cat(ks), n_q, n_keys, torch.stack(ms) if general else None)
         for (n_q, n_keys, general), (qs, ks, ms) in buckets.items()
@@ -134,7 +146,7 @@ def _element_mask(bits: Tensor, mask_ids: Tensor) -> Tensor:
     """bool [G, nq * bm, nk * bn] element mask of groups of visited blocks.
 
     ``mask_ids`` [G, nq, nk] holds the ``mask_bits`` row of each partial block and a negative value
-    for full blocks.
+    for blocks that keep every pair.
     """
     g, nq, nk = mask_ids.shape
     bm, bn = bits.shape[1], bits.shape[2] * 32
@@ -148,7 +160,7 @@ def _element_mask(bits: Tensor, mask_ids: Tensor) -> Tensor:
 def grouped_block_sparse_attention(
     q: Tensor, k: Tensor, v: Tensor, layout: Layout, *, scale: float | None = None
 ) -> Tensor:
-    """Exact attention under ``layout`` for q/k/v [B, H, L, D] in the layout's (permuted) order."""
+    """Exact attention under ``layout`` for q/k/v [B, H, P, D] in the layout's order positions."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
     bm, bn = layout.block_m, layout.block_n

@@ -1,9 +1,10 @@
-"""Token permutations that make patterns block-aligned, and the kernel that applies them.
+"""Token orders that make patterns block-aligned, and the kernel that applies them.
 
-Index builders describe a reordering of a video token grid (frames, height, width) with text or
-condition tokens kept in place before (prefix) and/or after (suffix) the video tokens: position
-``a`` of the new order holds original token ``index[a]``. ``permute_tokens`` gathers q/k/v rows
-by such an index (one per head), with a Triton kernel on CUDA (or under TRITON_INTERPRET=1) and
+Order builders describe a reordering of a video token grid (frames, height, width) with text or
+condition tokens kept before (prefix) and/or after (suffix) the video tokens: position ``a`` of the
+new order holds original token ``index[a]``, or -1 for a padding position (:func:`brick_order` pads
+bricks and text to whole blocks). ``permute_tokens`` gathers q/k/v rows by such an index (one per
+head; padding rows are zero), with a Triton kernel on CUDA (or under TRITON_INTERPRET=1) and
 ``torch.gather`` as the reference.
 """
 
@@ -75,10 +76,66 @@ def tile_major(
     return _with_text(video, prefix, suffix)
 
 
+def brick_order(
+    frames: int, height: int, width: int, brick: tuple[int, int, int], block: int, *,
+    offset: tuple[int, int, int] = (0, 0, 0), within: str = "thw", prefix: int = 0, suffix: int = 0,
+) -> Tensor:
+    """A token order that packs the video grid into 3-D bricks, each padded to whole blocks.
+
+    Bricks of ``brick`` tokens per (t, y, x) axis tile the grid, shifted by ``offset`` (a brick starts
+    where ``i - offset`` is a multiple of its size, so the first brick of an axis may be smaller; so
+    is the last). Bricks run in (t, y, x) order, tokens inside a brick in ``within`` order ("thw" or
+    "hwt": every frame of a location together). Each brick, and the text before (``prefix``) and after
+    (``suffix``) the video, starts on a block boundary: the positions up to it are padding (-1). So a
+    block never mixes bricks, and a pattern whose windows are unions of bricks visits whole blocks.
+    Returns int64 [positions], position -> token (-1 padding), positions a multiple of ``block``.
+    """
+    _check_grid(frames, height, width, prefix, suffix)
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    if within not in ("thw", "hwt"):
+        raise ValueError(f"within must be 'thw' or 'hwt', got {within!r}")
+    for axis, (b, o) in enumerate(zip(brick, offset, strict=True)):
+        if b < 1 or not 0 <= o < b:
+            raise ValueError(f"brick[{axis}] must be >= 1 and offset[{axis}] in [0, brick[{axis}]), got {b}, {o}")
+    t, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
+    coords = (t.reshape(-1), y.reshape(-1), x.reshape(-1))
+    dims = (frames, height, width)
+    cell, rank, counts = [], [], []
+    for c, b, o, n in zip(coords, brick, offset, dims, strict=True):
+        shifted = c + (b - o) % b  # brick k of this axis covers shifted values [k b, (k + 1) b)
+        cell.append(shifted // b)
+        counts.append(int((n - 1 + (b - o) % b) // b) + 1)
+        rank.append(shifted % b)
+    brick_id = (cell[0] * counts[1] + cell[1]) * counts[2] + cell[2]
+    inner = [rank[0], rank[1], rank[2]] if within == "thw" else [rank[1], rank[2], rank[0]]
+    sizes_in = [brick[0], brick[1], brick[2]] if within == "thw" else [brick[1], brick[2], brick[0]]
+    local = (inner[0] * sizes_in[1] + inner[1]) * sizes_in[2] + inner[2]
+    order = torch.argsort(brick_id * (brick[0] * brick[1] * brick[2]) + local, stable=True)
+    ids = brick_id[order]
+    n_bricks = counts[0] * counts[1] * counts[2]
+    per_brick = torch.bincount(ids, minlength=n_bricks)
+    padded = (per_brick + block - 1) // block * block
+    start = torch.cumsum(padded, 0) - padded
+    first = torch.cumsum(per_brick, 0) - per_brick
+    pos = start[ids] + (torch.arange(ids.numel()) - first[ids])
+    head, video_positions = -(-prefix // block) * block, int(padded.sum())
+    total = head + video_positions + -(-suffix // block) * block
+    out = torch.full((total,), -1, dtype=torch.int64)
+    out[:prefix] = torch.arange(prefix)
+    out[head + pos] = order + prefix
+    out[head + video_positions : head + video_positions + suffix] = torch.arange(suffix) + prefix + ids.numel()
+    return out
+
+
 def permute_tokens_reference(x: Tensor, index: Tensor) -> Tensor:
-    """y[b, h, a] = x[b, h, index[h, a]] for x [B, H, L, D] and index [H, L]."""
-    b, h, length, d = x.shape
-    return torch.gather(x, 2, index.to(x.device)[None, :, :, None].expand(b, h, length, d))
+    """y[b, h, a] = x[b, h, index[h, a]] for x [B, H, L, D] and index [H, P]; a row with index -1
+    (a padding position of a token order) is zero."""
+    b, h, _, d = x.shape
+    index = index.to(x.device).long()
+    positions = index.shape[1]
+    y = torch.gather(x, 2, index.clamp_min(0)[None, :, :, None].expand(b, h, positions, d))
+    return torch.where((index >= 0)[None, :, :, None], y, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 if triton is not None:
@@ -98,13 +155,14 @@ if triton is not None:
         rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
         cols = tl.arange(0, BLOCK_D)
         row_ok = rows < L
-        src = tl.load(Index + h * stride_ih + rows, mask=row_ok, other=0)
+        src = tl.load(Index + h * stride_ih + rows, mask=row_ok, other=-1).to(tl.int64)
         ok = row_ok[:, None] & (cols[None, :] < D)
-        vals = tl.load(
-            X + b * stride_xb + h * stride_xh + src[:, None] * stride_xl + cols[None, :] * stride_xd, mask=ok
-        )
-        tl.store(Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_yl + cols[None, :] * stride_yd, vals,
-                 mask=ok)
+        # int64 offsets: B * H * L * D passes 2**31 at video sizes.
+        x_row = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+        vals = tl.load(x_row + tl.maximum(src, 0)[:, None] * stride_xl + cols[None, :] * stride_xd,
+                       mask=ok & (src >= 0)[:, None], other=0.0)
+        y_row = Y + b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh
+        tl.store(y_row + rows.to(tl.int64)[:, None] * stride_yl + cols[None, :] * stride_yd, vals, mask=ok)
 
 
 def triton_available(device: torch.device) -> bool:
@@ -119,26 +177,28 @@ def triton_available(device: torch.device) -> bool:
 def permute_tokens(x: Tensor, index: Tensor) -> Tensor:
     """Gather token rows per head: y[b, h, a] = x[b, h, index[h, a]], x as [B, H, L, D].
 
-    Uses the Triton kernel where Triton runs, ``torch.gather`` elsewhere. ``index`` is [H, L] (or
-    [L], shared by every head) and may be the inverse of an earlier index to undo a permutation.
+    Uses the Triton kernel where Triton runs, ``torch.gather`` elsewhere. ``index`` is [H, P] (or [P],
+    shared by every head): a token order with ``P >= L`` positions, -1 for a padding position (a zero
+    row), or the inverse of an earlier order ([H, L]) to undo it.
     """
     if x.dim() != 4:
         raise ValueError(f"x must be [B, H, L, D], got shape {tuple(x.shape)}")
-    b, h, length, d = x.shape
-    if index.dim() == 1 and index.shape[0] == length:
-        index = index.expand(h, length)
-    if tuple(index.shape) != (h, length):
-        raise ValueError(f"index must be [{h}, {length}] (or [{length}]), got {tuple(index.shape)}")
+    b, h, _, d = x.shape
+    if index.dim() == 1:
+        index = index.expand(h, -1)
+    if index.dim() != 2 or index.shape[0] != h:
+        raise ValueError(f"index must be [{h}, positions] (or [positions]), got {tuple(index.shape)}")
     index = index.to(x.device)
     if not triton_available(x.device):
         return permute_tokens_reference(x, index)
     index = index.contiguous()
-    y = torch.empty((b, h, length, d), dtype=x.dtype, device=x.device)
+    positions = index.shape[1]
+    y = torch.empty((b, h, positions, d), dtype=x.dtype, device=x.device)
     block_l = 64
-    grid = (triton.cdiv(length, block_l), b * h)
+    grid = (triton.cdiv(positions, block_l), b * h)
     _gather_rows_kernel[grid](
         x, y, index,
-        *x.stride(), *y.stride(), index.stride(0), h, length, d,
+        *x.stride(), *y.stride(), index.stride(0), h, positions, d,
         BLOCK_L=block_l, BLOCK_D=triton.next_power_of_2(d),
     )
     return y

@@ -97,12 +97,18 @@ def cpu_head_groups(layout: Layout) -> list[tuple[str, list[int], Layout]]:
 
     A layer mixing patterns (dense, spatial, temporal, neighbourhood heads...) would otherwise run
     every head through the executor that suits the mix as a whole: dense heads through masked flex
-    tiles, frame-grouped heads without their large SDPA tiles. Cached on the layout.
+    tiles, frame-grouped heads without their large SDPA tiles. Decided per structure (heads sharing
+    one decide together); cached on the layout.
     """
     if "cpu_head_groups" not in layout._cache:
         by_choice: dict[str, list[int]] = {}
+        structures = layout.head_structures()
+        choice_of: dict[int, str] = {}
         for h in range(layout.num_heads):
-            by_choice.setdefault(_cpu_executor(layout.select_heads([h])), []).append(h)
+            s = int(structures[h])
+            if s not in choice_of:
+                choice_of[s] = _cpu_executor(layout.select_heads([h]))
+            by_choice.setdefault(choice_of[s], []).append(h)
         layout._cache["cpu_head_groups"] = [
             (choice, heads, layout if len(by_choice) == 1 else layout.select_heads(heads))
             for choice, heads in by_choice.items()
@@ -151,8 +157,18 @@ def sparse_attention(
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if chosen == "per-head":
         return _per_head_groups(q, k, v, layout, scale)
-    if layout.perm is not None:
-        q, k, v = (permute_tokens(t, layout.perm) for t in (q, k, v))
+    if layout.ordered and layout.batch > 1:
+        # Token orders are per structure and the structures per batch item: run the items one by one.
+        items = [sparse_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], layout.batch_item(i), scale=scale,
+                                  return_lse=return_lse, backend=chosen) for i in range(layout.batch)]
+        if return_lse:
+            return torch.cat([o for o, _ in items]), torch.cat([lse for _, lse in items])
+        return torch.cat(items)
+    q_index, kv_index = layout.order_index("q"), layout.order_index("kv")
+    if q_index is not None:
+        q = permute_tokens(q, q_index)
+    if kv_index is not None:
+        k, v = permute_tokens(k, kv_index), permute_tokens(v, kv_index)
     if chosen == "triton":
         if not triton_available(q.device):
             raise RuntimeError(
@@ -178,10 +194,10 @@ def sparse_attention(
         raise ValueError(
             f"backend must be one of 'auto', 'triton', 'grouped', 'flex', 'masked'; got {backend!r}"
         )
-    if layout.perm is None:
+    if q_index is None:
         return result
-    inv = layout.inverse_perm()
+    inv = layout.order_index("q_inverse")  # [H, q_len]: each token's position; padding rows are cropped
     if return_lse:
         out, lse = result
-        return permute_tokens(out, inv), torch.gather(lse, 2, inv[None].expand_as(lse))
+        return permute_tokens(out, inv), torch.gather(lse, 2, inv[None].expand(lse.shape[0], -1, -1))
     return permute_tokens(result, inv)

@@ -1,9 +1,14 @@
 """Block-sparse flash-attention forward in Triton, executing a Layout.
 
-One program handles one (query block, batch * head): it streams the full key blocks of its row
-without masks, then the partial blocks with their packed element masks, keeping an online softmax
-in base 2. Heads with different layouts share one launch. A row that keeps no key returns zeros
-and a log-sum-exp of -inf.
+One program handles one query tile of one (batch item, head): it finds the head's structure, then
+streams the row's full key blocks with no mask code, its partial blocks with their packed element
+masks (each query row's words expanded to bits in registers, never a gathered full tile), or, for a
+dense row, every key block (masking only key padding); an online softmax in base 2 accumulates.
+Heads with different structures share one launch. The kernel's tiles may be smaller than the
+layout's blocks (``SPLIT_M`` query tiles per query block, ``SPLIT_N`` key tiles per key block), so
+one layout runs within each GPU's shared memory and registers (launch configs:
+:mod:`headsparse.kernels.triton_configs`). Offsets are int64: B * H * L * D passes 2**31 at video sizes.
+A row that keeps no key returns zeros and a log-sum-exp of -inf.
 
 Under TRITON_INTERPRET=1 (CPU tests) bf16 ``tl.dot`` is wrong in the interpreter, so inputs are
 upcast to float32 there and the output cast back.
@@ -31,34 +36,23 @@ _LOG2E = 1.4426950408889634
 if triton is not None:
 
     @triton.jit
-    def _attend_block(
-        q, acc, m_i, l_i, K, V, kb, offs_d, d_ok, kv_len,
-        stride_kl, stride_kd, stride_vl, stride_vd,
-        bits_ptr, qk_scale,
-        BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr, WORDS: tl.constexpr, BLOCK_M: tl.constexpr,
-        IEEE: tl.constexpr,
+    def _attend(
+        q, acc, m_i, l_i, k_ptrs, v_ptrs, n_ok, d_ok, keep, qk_scale,
+        MASKED: tl.constexpr, IEEE: tl.constexpr,
     ):
-        offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < kv_len
-        k = tl.load(K + offs_n[None, :] * stride_kl + offs_d[:, None] * stride_kd,
-                    mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         if IEEE:  # float32 inputs: exact products, not TF32
             qk = tl.dot(q, k, input_precision="ieee") * qk_scale
         else:
             qk = tl.dot(q, k) * qk_scale
-        if PARTIAL:
-            cols = tl.arange(0, BLOCK_N)
-            rows = tl.arange(0, BLOCK_M)
-            words = tl.load(bits_ptr + rows[:, None] * WORDS + (cols // 32)[None, :])
-            keep = ((words >> (cols % 32)[None, :]) & 1) != 0
+        if MASKED:
             qk = tl.where(keep, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(qk - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + offs_n[:, None] * stride_vl + offs_d[None, :] * stride_vd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -68,66 +62,96 @@ if triton is not None:
     @triton.jit
     def _block_sparse_fwd(
         Q, K, V, Out, Lse,
-        FullNum, FullIdx, PartNum, PartIdx, PartMask, MaskBits,
+        Heads, FullPtr, FullIdx, PartPtr, PartIdx, PartMask, DenseRows, MaskBits, KvOrder,
         qk_scale,
         stride_qb, stride_qh, stride_ql, stride_qd,
         stride_kb, stride_kh, stride_kl, stride_kd,
         stride_vb, stride_vh, stride_vl, stride_vd,
         stride_ob, stride_oh, stride_ol, stride_od,
-        stride_nb, stride_nh, stride_nm,
-        stride_fb, stride_fh, stride_fm,
-        stride_pb, stride_ph, stride_pm,
-        H, q_len, kv_len, head_dim,
+        stride_hb,
+        H, q_positions, kv_positions, head_dim, num_q_blocks, num_kv_blocks, kv_order_len,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        RETURN_LSE: tl.constexpr, IEEE: tl.constexpr,
+        SPLIT_M: tl.constexpr, SPLIT_N: tl.constexpr,
+        RETURN_LSE: tl.constexpr, IEEE: tl.constexpr, HAS_KV_ORDER: tl.constexpr,
     ):
-        WORDS: tl.constexpr = BLOCK_N // 32
+        LAYOUT_N: tl.constexpr = BLOCK_N * SPLIT_N  # the layout's key block
+        WORDS: tl.constexpr = LAYOUT_N // 32  # mask words per query row of a layout block
+        TILE_WORDS: tl.constexpr = BLOCK_N // 32  # mask words per row of one key tile
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
+        m_block = pid_m // SPLIT_M
+        row0 = (pid_m % SPLIT_M) * BLOCK_M  # first row of this tile inside its layout query block
+        s = tl.load(Heads + b * stride_hb + h)
+        row = s * num_q_blocks + m_block
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        m_ok = offs_m < q_len
+        offs_t = tl.arange(0, BLOCK_N)
+        m_ok = offs_m < q_positions
         d_ok = offs_d < head_dim
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :] * stride_qd,
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        Kbh = K + b * stride_kb + h * stride_kh
-        Vbh = V + b * stride_vb + h * stride_vh
+        b64, h64 = b.to(tl.int64), h.to(tl.int64)
+        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + offs_m.to(tl.int64)[:, None] * stride_ql
+                    + offs_d[None, :] * stride_qd, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        Kbh = K + b64 * stride_kb + h64 * stride_kh
+        Vbh = V + b64 * stride_vb + h64 * stride_vh
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        # Layout tensors may broadcast over the batch (stride 0).
-        n_off = b * stride_nb + h * stride_nh + pid_m * stride_nm
-        n_full = tl.load(FullNum + n_off)
-        full_row = FullIdx + b * stride_fb + h * stride_fh + pid_m * stride_fm
-        for j in range(0, n_full):
-            kb = tl.load(full_row + j)
-            acc, m_i, l_i = _attend_block(
-                q, acc, m_i, l_i, Kbh, Vbh, kb, offs_d, d_ok, kv_len,
-                stride_kl, stride_kd, stride_vl, stride_vd, MaskBits, qk_scale,
-                BLOCK_N, False, WORDS, BLOCK_M, IEEE,
-            )
-        n_part = tl.load(PartNum + n_off)
-        part_off = b * stride_pb + h * stride_ph + pid_m * stride_pm
-        for j in range(0, n_part):
-            kb = tl.load(PartIdx + part_off + j)
-            mid = tl.load(PartMask + part_off + j)
-            acc, m_i, l_i = _attend_block(
-                q, acc, m_i, l_i, Kbh, Vbh, kb, offs_d, d_ok, kv_len,
-                stride_kl, stride_kd, stride_vl, stride_vd,
-                MaskBits + mid.to(tl.int64) * (BLOCK_M * WORDS), qk_scale,
-                BLOCK_N, True, WORDS, BLOCK_M, IEEE,
-            )
+        bits_rows = row0 + tl.arange(0, BLOCK_M)
+        if tl.load(DenseRows + row) != 0:
+            for kb in range(0, num_kv_blocks):
+                for t in range(SPLIT_N):
+                    offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
+                    n_ok = offs_n < kv_positions
+                    if HAS_KV_ORDER:  # padding positions of the structure's key order
+                        n_ok = n_ok & (tl.load(KvOrder + s.to(tl.int64) * kv_order_len + offs_n, mask=n_ok,
+                                               other=-1) >= 0)
+                    n64 = offs_n.to(tl.int64)
+                    acc, m_i, l_i = _attend(
+                        q, acc, m_i, l_i, Kbh + n64[None, :] * stride_kl + offs_d[:, None] * stride_kd,
+                        Vbh + n64[:, None] * stride_vl + offs_d[None, :] * stride_vd, n_ok, d_ok, n_ok[None, :],
+                        qk_scale, True, IEEE)
+        else:
+            start = tl.load(FullPtr + row)
+            end = tl.load(FullPtr + row + 1)
+            for j in range(start, end):
+                kb = tl.load(FullIdx + j)
+                for t in range(SPLIT_N):
+                    offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
+                    n64 = offs_n.to(tl.int64)
+                    n_ok = offs_n < kv_positions  # always true for a full block; bounds the loads
+                    acc, m_i, l_i = _attend(
+                        q, acc, m_i, l_i, Kbh + n64[None, :] * stride_kl + offs_d[:, None] * stride_kd,
+                        Vbh + n64[:, None] * stride_vl + offs_d[None, :] * stride_vd, n_ok, d_ok, n_ok[None, :],
+                        qk_scale, False, IEEE)
+            start = tl.load(PartPtr + row)
+            end = tl.load(PartPtr + row + 1)
+            for j in range(start, end):
+                kb = tl.load(PartIdx + j)
+                mid = tl.load(PartMask + j).to(tl.int64)
+                for t in range(SPLIT_N):
+                    offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
+                    n64 = offs_n.to(tl.int64)
+                    n_ok = offs_n < kv_positions
+                    # Each query row's mask words for this key tile, expanded to bits in registers.
+                    words = tl.load(MaskBits + mid * (BLOCK_M * SPLIT_M * WORDS) + bits_rows[:, None] * WORDS
+                                    + t * TILE_WORDS + tl.arange(0, TILE_WORDS)[None, :])
+                    bits = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
+                    keep = tl.reshape(bits, [BLOCK_M, BLOCK_N]) != 0
+                    acc, m_i, l_i = _attend(
+                        q, acc, m_i, l_i, Kbh + n64[None, :] * stride_kl + offs_d[:, None] * stride_kd,
+                        Vbh + n64[:, None] * stride_vl + offs_d[None, :] * stride_vd, n_ok, d_ok, keep,
+                        qk_scale, True, IEEE)
         has_keys = l_i > 0.0
         l_safe = tl.where(has_keys, l_i, 1.0)
         out = acc / l_safe[:, None]
         out = tl.where(has_keys[:, None], out, 0.0)
-        tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :] * stride_od,
-                 out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+        tl.store(Out + b64 * stride_ob + h64 * stride_oh + offs_m.to(tl.int64)[:, None] * stride_ol
+                 + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
         if RETURN_LSE:
             lse = tl.where(has_keys, (m_i + tl.log2(l_safe)) / 1.4426950408889634, float("-inf"))
-            tl.store(Lse + pid_bh * q_len + offs_m, lse, mask=m_ok)
+            tl.store(Lse + pid_bh.to(tl.int64) * q_positions + offs_m, lse, mask=m_ok)
 
 
 def _interpreting() -> bool:
@@ -136,15 +160,18 @@ def _interpreting() -> bool:
 
 def triton_block_sparse_attention(
     q: Tensor, k: Tensor, v: Tensor, layout: Layout, *, scale: float | None = None,
-    return_lse: bool = False, num_warps: int | None = None, num_stages: int | None = None,
+    return_lse: bool = False, config: tuple[int, int, int, int] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Run the Triton kernel on q/k/v [B, H, L, D] already in the layout's (permuted) order.
+    """Run the Triton kernel on q/k/v [B, H, P, D] already in the layout's order positions.
 
     Inputs may be strided views (e.g. a transposed [B, L, H, D] tensor). Returns the output
-    [B, H, Lq, D] (and the float32 log-sum-exp [B, H, Lq] in natural-log units).
+    [B, H, Pq, D] (and the float32 log-sum-exp [B, H, Pq] in natural-log units). ``config``:
+    (tile_m, tile_n, num_warps, num_stages); default: this device's entry of the launch-config table.
     """
     if triton is None:
         raise RuntimeError("triton is not installed: the Triton executor is unavailable")
+    from headsparse.kernels.triton_configs import launch_config
+
     out_dtype = q.dtype
     if _interpreting() and q.device.type == "cpu" and q.dtype != torch.float32:
         # The interpreter multiplies raw bf16 bit patterns in tl.dot; compute in fp32 there.
@@ -152,30 +179,29 @@ def triton_block_sparse_attention(
     b, h, lq, d = q.shape
     lk = k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
+    lay = layout.to(q.device)
+    tile_m, tile_n, num_warps, num_stages = config or launch_config(q.device, d, q.dtype, lay.block_m, lay.block_n,
+                                                                    return_lse)
+    if lay.block_m % tile_m or lay.block_n % tile_n:
+        raise ValueError(f"the kernel tile ({tile_m}, {tile_n}) must divide the layout's blocks "
+                         f"({lay.block_m}, {lay.block_n})")
     out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, lq), dtype=torch.float32, device=q.device) if return_lse else out
-    lay = layout.to(q.device)
-
-    def bstride(t: Tensor) -> int:
-        return t.stride(0) if lay.batch > 1 else 0
-
+    dense_rows = lay.dense_rows.view(torch.int8)
+    kv_order = lay.kv_order if lay.kv_order is not None else dense_rows  # a placeholder pointer when unused
     block_d = max(16, triton.next_power_of_2(d))
-    if num_warps is None:
-        num_warps = 4 if layout.block_m * block_d <= 64 * 128 else 8
-    if num_stages is None:
-        num_stages = 2 if block_d > 64 else 3
-    grid = (lay.num_q_blocks, b * h)
+    grid = (lay.num_q_blocks * (lay.block_m // tile_m), b * h)
     _block_sparse_fwd[grid](
         q, k, v, out, lse,
-        lay.full_num, lay.full_idx, lay.part_num, lay.part_idx, lay.part_mask, lay.mask_bits,
+        lay.heads, lay.full_ptr, lay.full_idx, lay.part_ptr, lay.part_idx, lay.part_mask, dense_rows,
+        lay.mask_bits, kv_order,
         scale * _LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        bstride(lay.full_num), lay.full_num.stride(1), lay.full_num.stride(2),
-        bstride(lay.full_idx), lay.full_idx.stride(1), lay.full_idx.stride(2),
-        bstride(lay.part_idx), lay.part_idx.stride(1), lay.part_idx.stride(2),
-        h, lq, lk, d,
-        BLOCK_M=layout.block_m, BLOCK_N=layout.block_n, BLOCK_D=block_d,
-        RETURN_LSE=return_lse, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        lay.heads.stride(0) if lay.batch > 1 else 0,
+        h, lq, lk, d, lay.num_q_blocks, lay.num_kv_blocks, lay.kv_positions if lay.kv_order is not None else 0,
+        BLOCK_M=tile_m, BLOCK_N=tile_n, BLOCK_D=block_d, SPLIT_M=lay.block_m // tile_m, SPLIT_N=lay.block_n // tile_n,
+        RETURN_LSE=return_lse, IEEE=q.dtype == torch.float32, HAS_KV_ORDER=lay.kv_order is not None,
+        num_warps=num_warps, num_stages=num_stages,
     )
     out = out.to(out_dtype)
     return (out, lse) if return_lse else out

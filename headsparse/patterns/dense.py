@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from headsparse.patterns.base import BlockStats, Pattern
+from headsparse.patterns.base import BlockCoords, BlockStats, Pattern
 from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.registry import register
 
@@ -25,6 +25,9 @@ class Dense(Pattern):
     def video_block_bounds(self, g: Geometry, q: BlockStats, k: BlockStats) -> tuple[Tensor, Tensor]:
         shape = (q.t_lo.numel(), k.t_lo.numel())
         return torch.ones(shape, dtype=torch.bool), torch.ones(shape, dtype=torch.bool)
+
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list:
+        return []  # every real pair: only which keys are padding matters
 
 
 @register

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from headsparse.patterns.base import BlockStats, Pattern, interval_gap, interval_span
+from headsparse.patterns.base import BlockCoords, BlockStats, Pattern, Relation, interval_gap, interval_span, relative
 from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.registry import register
 
@@ -33,6 +33,9 @@ class Diagonal(Pattern):
     def check(self) -> None:
         super().check()
         _check_width(self, self.half_width)
+
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list[Relation]:
+        return [relative(q.v, q.v[:, 0], k.v, k)]  # a band: only the offset between tokens matters
 
     def video_mask(self, g, tq, yq, xq, tk, yk, xk) -> Tensor:
         vq = (tq * g.height + yq) * g.width + xq
@@ -64,6 +67,9 @@ class MultiDiagonal(Pattern):
         if self.frame_offsets is None:
             return list(range(-(g.frames - 1), g.frames))
         return sorted(set(self.frame_offsets))
+
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list[Relation]:
+        return [relative(q.v, q.v[:, 0], k.v, k)]  # bands at frame offsets: only the token offset matters
 
     def video_mask(self, g, tq, yq, xq, tk, yk, xk) -> Tensor:
         d = ((tq * g.height + yq) * g.width + xq) - ((tk * g.height + yk) * g.width + xk)

@@ -34,8 +34,8 @@ def heads_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int,
         flush()
         if h in kinds:
             run, count = None, 0
-            parts.append(Layout.from_block_kinds(kinds[h][None].cpu(), None, q_len=geometry.seq_len,
-                                                 kv_len=geometry.seq_len, block_m=block, block_n=block))
+            parts.append(Layout.from_block_map(kinds[h][None] > 0, q_len=geometry.seq_len, kv_len=geometry.seq_len,
+                                               block_m=block, block_n=block))
         else:
             run, count = pattern, 1
     flush()

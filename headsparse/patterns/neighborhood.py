@@ -24,6 +24,7 @@ blocks exactly per axis with summed-area tables of the per-axis masks.
 from __future__ import annotations
 
 import functools
+import math
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from headsparse.kernels.permute import tile_major
-from headsparse.patterns.base import BlockStats, Pattern
+from headsparse.kernels.permute import brick_order
+from headsparse.patterns.base import BlockCoords, BlockStats, Pattern, Relation, absolute, relative
 from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.registry import register
 
@@ -119,6 +120,19 @@ class AxisWindowPattern(Pattern):
             return torch.ones(torch.broadcast_shapes(tq.shape, tk.shape), dtype=torch.bool)
         return keep
 
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list[Relation]:
+        """Per windowed axis: the query rows' window ends and the keys' coordinates, relative (a window is
+        the same wherever it lies inside the grid; near an edge its ends differ, and so does the relation);
+        with dilation, each coordinate's dilation group too."""
+        out = []
+        for win, cq, ck in zip(self.windows(g), (q.t, q.y, q.x), (k.t, k.y, k.x), strict=True):
+            if win.keeps_all:
+                continue
+            out.append(relative(torch.cat([win.lo[cq], win.hi[cq]], 1), cq[:, 0], ck, k))
+            if win.dilation > 1:
+                out.append(absolute(cq % win.dilation, ck % win.dilation))
+        return out
+
     def video_block_bounds(self, g: Geometry, q: BlockStats, k: BlockStats) -> tuple[Tensor, Tensor]:
         # Per axis the bounds are exact for the blocks' coordinate boxes; a block's tokens lie inside
         # its box, so ANDing the axes gives a conservative "maybe" and a sound "surely".
@@ -133,10 +147,6 @@ class AxisWindowPattern(Pattern):
             maybe &= some
             surely &= every
         return maybe, surely
-
-    @staticmethod
-    def _tile_major(g: Geometry, tile: tuple[int, int, int]) -> Tensor:
-        return tile_major(g.frames, g.height, g.width, tile, prefix=g.prefix_len, suffix=g.suffix_len)
 
 
 def triple(value: Any, kind: type) -> Any:
@@ -211,24 +221,69 @@ class Neighborhood(AxisWindowPattern):
         params = zip(dims, self.kernel_size, self.stride, self.dilation, self.is_causal, strict=True)
         return tuple(neighborhood_window(*p) for p in params)  # type: ignore[return-value]
 
-    def permutation(self, geometry: Geometry) -> Tensor | None:
-        """Tile-major order with tiles of ``stride * dilation`` tokens (clipped to the grid) when some
-        axis has stride > 1, else None (frame-major).
+    def order_candidates(self, g: Geometry, block_m: int, block_n: int) -> list:
+        """Orders that make this window's blocks whole; :meth:`token_orders` keeps the cheapest.
 
-        With a stride, the queries of one such tile split into ``dilation`` groups that each share one
-        window (GNA), so blocks of whole tiles see few key blocks, and whole windows when the window
-        is tile-aligned (e.g. kernel (6, 24, 24), stride (2, 8, 8)). With stride 1 every query has its
-        own window, and no tile shape beat the frame-major rows consistently. Measured at 128-token
-        blocks on Geometry(17, 30, 52), visited blocks (partial ones): kernel (3, 9, 9) frame-major
-        3235 vs 3685-5432 for tiles (1, 4, 32), (1, 16, 8), (1, 8, 16), (2, 8, 8), (2, 4, 16), (4, 4, 8);
-        kernel (5, 15, 15) 8119 vs 7098 for tiles (2, 8, 8) but 8222-9333 for the others; kernel
-        (4, 16, 16) stride (4, 16, 16) tile-major 2383 (1207) vs frame-major 6826 (6826); kernel
-        (6, 24, 24) stride (2, 8, 8) 10499 (8551) vs 13729 (13729); kernel (3, 8, 8) stride (1, 8, 8)
-        dilation (1, 2, 2) tiles (1, 16, 16) 2890 vs tiles (1, 8, 8) 4420 vs frame-major 5097. The
-        layout is exact in either order.
+        - Strided (GNA): every query of a stride tile shares its leader's window, so queries run in
+          stride tiles (grown to a block when a tile is smaller), and keys in stride tiles shifted to
+          where the interior windows start (``s // 2 - w // 2`` mod ``s``; causal: ``s - w`` mod ``s``):
+          then an interior window is a union of whole key tiles. With dilation, tiles of
+          ``stride * dilation`` for both, unshifted.
+        - Stride 1: every query has its own window, so no order makes the blocks whole; 3-D bricks
+          of a block (e.g. 2x8x8) keep a block's windows close together.
+        The natural (frame-major) order is always a candidate. Each order is exact.
         """
-        if all(s == 1 for s in self.stride):
-            return None
-        dims = (geometry.frames, geometry.height, geometry.width)
-        tile = tuple(min(s * d, n) for s, d, n in zip(self.stride, self.dilation, dims, strict=True))
-        return self._tile_major(geometry, tile)  # type: ignore[arg-type]
+        dims = (g.frames, g.height, g.width)
+        text = {"prefix": g.prefix_len, "suffix": g.suffix_len}
+
+        def order(brick: tuple[int, ...], block: int, offset: tuple[int, ...] = (0, 0, 0)) -> Tensor:
+            return brick_order(*dims, brick, block, offset=offset, **text)  # type: ignore[arg-type]
+
+        out: list = [(None, None)]
+        if any(s > 1 for s in self.stride):
+            tile = tuple(min(s * d, n) for s, d, n in zip(self.stride, self.dilation, dims, strict=True))
+            if any(d > 1 for d in self.dilation):
+                return [*out, (order(tile, block_m), order(tile, block_n))]
+            offset = []
+            for s, w, causal, n in zip(self.stride, self.kernel_size, self.is_causal, dims, strict=True):
+                o = ((s - w) if causal else (s // 2 - w // 2)) % s if s < n else 0
+                offset.append(o)
+            q_tile = _grow(tile, block_m, dims)
+            shifted = tuple(offset)
+            out += [(order(q_tile, block_m), order(tile, block_n, shifted)),
+                    (order(q_tile, block_m), order(_grow(tile, block_n, dims), block_n, shifted)),
+                    (order(q_tile, block_m), order(q_tile, block_n))]
+            return out
+        for brick in _bricks(block_m, dims):
+            if block_n == block_m:
+                out.append((order(brick, block_m), order(brick, block_n)))
+        return out
+
+
+def _grow(tile: tuple[int, ...], block: int, dims: tuple[int, ...]) -> tuple[int, ...]:
+    """``tile`` doubled along x, then y, then t (within the grid) until it holds at least a block."""
+    tile = list(tile)
+    while math.prod(tile) < block:
+        for axis in (2, 1, 0):
+            if tile[axis] * 2 <= dims[axis]:
+                tile[axis] *= 2
+                break
+        else:
+            break
+    return tuple(tile)
+
+
+def _bricks(block: int, dims: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """3-D bricks of ``block`` tokens with power-of-two sides that fit the grid: (1, 8, 16), (2, 8, 8)..."""
+    out = []
+    for bt in (1, 2, 4):
+        area = block // bt
+        if bt > dims[0] or area < 4:
+            continue
+        by = 2
+        while by <= area // 2:
+            bx = area // by
+            if by <= dims[1] and bx <= dims[2] and 1 / 4 <= by / bx <= 4:
+                out.append((bt, by, bx))
+            by *= 2
+    return out

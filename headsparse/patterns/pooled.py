@@ -94,5 +94,5 @@ class PooledBlocks(Pattern):
     def layout_from_qk(self, q: Tensor, k: Tensor, geometry: Geometry, block: int) -> Layout:
         """The Layout of ``H`` heads from q, k [H, L, D]."""
         kinds = self.block_kinds_from_qk(q, k, geometry, block)
-        return Layout.from_block_kinds(kinds.cpu(), None, q_len=geometry.seq_len, kv_len=geometry.seq_len,
-                                       block_m=block, block_n=block)
+        return Layout.from_block_map(kinds > 0, q_len=geometry.seq_len, kv_len=geometry.seq_len, block_m=block,
+                                     block_n=block)

@@ -7,7 +7,7 @@ whose relative output error stays within ``error_bound`` wins. Heads no static c
 take the dynamic ``pooled`` selection under the same test; the rest stay dense. The cost is a
 few matrix products of ``samples`` rows against the keys: a small fraction of the attention.
 With ``max_cost`` the recogniser also knows what the device runs fast: candidates whose measured
-time (:class:`headsparse.search.CostModel`, cached per device) exceeds that fraction of dense are
+time (:class:`headsparse.patterns.cost.CostModel`, cached per device) exceeds that fraction of dense are
 never tried, a layer with none left runs dense without sampling anything, and a layer whose chosen
 mix of heads measures slower than that runs dense too.
 """
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from headsparse.kernels.layout import Layout
+from headsparse.kernels.layout_cache import CACHE
 from headsparse.patterns.base import Pattern
 from headsparse.patterns.dense import Dense
 from headsparse.patterns.geometry import Geometry
@@ -60,10 +61,14 @@ def sample_rows(geometry: Geometry, samples: int, seed: int) -> Tensor:
     return video[edges[:-1] + offsets]
 
 
-@functools.lru_cache(maxsize=1024)
 def _row_mask(pattern: Pattern, geometry: Geometry, rows: tuple[int, ...]) -> Tensor:
-    idx = torch.arange(geometry.seq_len)
-    return pattern.mask(geometry, torch.tensor(rows)[:, None], idx[None, :])
+    """bool [n, L]: the pattern's mask on sampled rows (in the byte-bounded layout cache: 4 MB each at 120k
+    tokens and 32 rows)."""
+    def build() -> Tensor:
+        idx = torch.arange(geometry.seq_len)
+        return pattern.mask(geometry, torch.tensor(rows)[:, None], idx[None, :])
+
+    return CACHE.get(("rows", pattern, geometry, rows), build)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -234,7 +239,7 @@ class Recognizer:
 @functools.lru_cache(maxsize=8)
 def _cost_model(device: str, dtype: torch.dtype):
     """One measured cost model per device and dtype (its ratios are cached on disk too)."""
-    from headsparse.search.cost import CostModel  # the search package imports the patterns
+    from headsparse.patterns.cost import CostModel  # it imports the pattern modules this one is among
 
     return CostModel("measured", device=device, dtype=dtype)
 

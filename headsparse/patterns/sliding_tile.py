@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from headsparse.kernels.permute import brick_order
 from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.neighborhood import AxisWindow, AxisWindowPattern, check_triple, triple
 from headsparse.patterns.registry import register
@@ -68,5 +69,14 @@ class SlidingTile(AxisWindowPattern):
         params = zip((g.frames, g.height, g.width), self.tile, self.window, strict=True)
         return tuple(tile_window(*p) for p in params)  # type: ignore[return-value]
 
-    def permutation(self, geometry: Geometry) -> Tensor:
-        return self._tile_major(geometry, self.tile)
+    def order_candidates(self, g: Geometry, block_m: int, block_n: int) -> list:
+        """Tile-major, each tile padded to whole blocks (so a block never mixes tiles, even where the
+        tile does not divide the grid and the last tile of an axis is smaller), or unpadded, or natural."""
+        dims = (g.frames, g.height, g.width)
+        text = {"prefix": g.prefix_len, "suffix": g.suffix_len}
+
+        def order(block: int) -> Tensor:
+            return brick_order(*dims, self.tile, block, **text)  # type: ignore[arg-type]
+
+        unpadded = order(1)
+        return [(None, None), (order(block_m), order(block_n)), (unpadded, unpadded)]

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from headsparse.patterns.base import BlockStats, Pattern, interval_gap, interval_span
+from headsparse.patterns.base import (
+    BlockCoords,
+    BlockStats,
+    Pattern,
+    Relation,
+    absolute,
+    interval_gap,
+    interval_span,
+    relative,
+)
 from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.registry import register
 
@@ -54,6 +63,9 @@ class VerticalStripe(Pattern):
             keep = keep | (v % self.stride == self.phase)
         return keep
 
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list[Relation]:
+        return [absolute(q.v[:, :1] * 0, self._key_kept(g, k.t, k.v).long())]  # the same keys for every query
+
     def video_mask(self, g, tq, yq, xq, tk, yk, xk) -> Tensor:
         keep = self._key_kept(g, tk, _video_index(g, tk, yk, xk))
         return keep & torch.ones_like(tq, dtype=torch.bool)
@@ -82,6 +94,9 @@ class Textural(Pattern):
 
     def _key_kept(self, v: Tensor) -> Tensor:
         return (v // self.granule) % self.stride == 0
+
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list[Relation]:
+        return [relative(q.v, q.v[:, 0], k.v, k), absolute(q.v[:, :1] * 0, self._key_kept(k.v).long())]
 
     def video_mask(self, g, tq, yq, xq, tk, yk, xk) -> Tensor:
         vq, vk = _video_index(g, tq, yq, xq), _video_index(g, tk, yk, xk)

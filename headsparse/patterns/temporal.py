@@ -9,12 +9,13 @@ band around the diagonal, so its blocks are full except at the band's edges."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
 
-from headsparse.kernels.permute import frame_major_to_token_major
-from headsparse.patterns.base import BlockStats, Pattern, interval_gap, interval_span
+from headsparse.kernels.permute import brick_order, frame_major_to_token_major
+from headsparse.patterns.base import BlockCoords, BlockStats, Pattern, Relation, interval_gap, interval_span, relative
 from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.registry import register
 
@@ -44,12 +45,36 @@ class Temporal(Pattern):
             if w != 1:
                 raise ValueError("temporal.location_band replaces spatial_window: leave spatial_window=1")
 
-    def permutation(self, geometry: Geometry) -> Tensor:
-        return frame_major_to_token_major(geometry.frames, geometry.height, geometry.width,
-                                          prefix=geometry.prefix_len, suffix=geometry.suffix_len)
+    def order_candidates(self, g: Geometry, block_m: int, block_n: int) -> list:
+        """Token-major order (all frames of a location adjacent), plain or with locations grouped so that
+        a block holds whole locations: ``block // frames`` of them (a rectangle of locations when the
+        window spans rows), padded to the block. The frame-major order is no candidate: it scatters a
+        location's frames over every block."""
+        plain = frame_major_to_token_major(g.frames, g.height, g.width, prefix=g.prefix_len, suffix=g.suffix_len)
+        out = [(plain, plain)]
+
+        def grouped(block: int) -> Tensor:
+            per_block = max(1, block // g.frames)
+            if self.spatial_window > 1 and self.location_band is None:
+                rows = max(1, min(g.height, math.isqrt(per_block)))
+                cols = max(1, min(g.width, per_block // rows))
+            else:
+                rows, cols = 1, min(g.width, per_block)
+            return brick_order(g.frames, g.height, g.width, (g.frames, rows, cols), block, within="hwt",
+                               prefix=g.prefix_len, suffix=g.suffix_len)
+
+        out.append((grouped(block_m), grouped(block_n)))
+        return out
 
     def _frames(self, g: Geometry) -> int:
         return g.frames if self.frame_window is None else self.frame_window
+
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list[Relation]:
+        out = [relative(q.t, q.t[:, 0], k.t, k)]
+        if self.location_band is not None:
+            sq, sk = q.y * g.width + q.x, k.y * g.width + k.x
+            return [*out, relative(sq, sq[:, 0], sk, k)]
+        return [*out, relative(q.y, q.y[:, 0], k.y, k), relative(q.x, q.x[:, 0], k.x, k)]
 
     def video_mask(self, g, tq, yq, xq, tk, yk, xk) -> Tensor:
         in_time = (tq - tk).abs() <= self._frames(g)

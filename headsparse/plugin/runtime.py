@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headsparse.kernels import Layout, sparse_attention
+from headsparse.kernels.layout_cache import CACHE
 from headsparse.kernels.sparse_attention import Backend, HeadGroupRun, attention_by_head_groups
 from headsparse.patterns import Agent, Dense, Geometry, Pattern
 from headsparse.patterns.agent import agent_attention
@@ -174,10 +175,9 @@ def dynamic_layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: 
     return heads_layout(heads, geometry, block, kinds).to(q.device)
 
 
-@functools.lru_cache(maxsize=512)
 def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, device: str) -> Layout:
-    """The multi-head Layout of a layer of static patterns on ``device`` (cached)."""
-    return heads_layout(heads, geometry, block).to(device)
+    """The multi-head Layout of a layer of static patterns on ``device`` (in the byte-bounded layout cache)."""
+    return CACHE.get(("layer", heads, geometry, block, device), lambda: heads_layout(heads, geometry, block).to(device))
 
 
 def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:

@@ -15,14 +15,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
 from headsparse.patterns.geometry import TextPosition
-
-if TYPE_CHECKING:
-    from headsparse.plugin.runtime import AttentionRouter, TransformerState
 
 Grid = tuple[int, int, int]
 GridReader = Callable[[nn.Module, Mapping[str, Any]], Grid | None]
@@ -40,7 +37,10 @@ class AttentionAdapter(Protocol):
 
     def num_heads(self, module: nn.Module) -> int: ...
 
-    def install(self, state: TransformerState, layer: int, module: nn.Module) -> AttentionRouter: ...
+    def install(self, state: Any, layer: int, module: nn.Module) -> Any:
+        """Route the module's attention through a new router for ``state`` (a runtime TransformerState);
+        return the router (a runtime AttentionRouter). Typed loosely: the runtime imports this module."""
+        ...
 
     def restore(self, module: nn.Module) -> None: ...
 

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 
 from headsparse.patterns import Dense, Pattern
+from headsparse.patterns.cost import CostModel
 from headsparse.plan import LayerPlan, ModelPlan, Phase, Plan
 from headsparse.plugin import patch
 from headsparse.plugin.patch import config_hash
 from headsparse.search.assign import assign
 from headsparse.search.calibrate import Calibration, search_candidates
-from headsparse.search.cost import CostModel
 
 
 def _pipeline_runs(target: Any, prompts: Sequence[str], steps: int, seeds: Sequence[int],

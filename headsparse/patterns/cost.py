@@ -1,5 +1,8 @@
 """Cost model: how long a candidate pattern's attention takes, relative to dense, on this device.
 
+It sits beside the patterns (it times their layouts on the executors), below both the online
+recogniser and the offline search, which use it.
+
 ``measured`` times each candidate's layout with :func:`headsparse.sparse_attention` (the executor
 ``auto`` picks) against dense SDPA at the calibration geometry, head count, head dim and dtype,
 on random inputs (a dynamic pattern, such as ``pooled``, on the blocks it picks for them), and
@@ -22,9 +25,10 @@ import torch.nn.functional as F
 
 from headsparse.kernels import sparse_attention
 from headsparse.machine import cache_dir, machine_key
-from headsparse.patterns import Dense, Geometry, Pattern
+from headsparse.patterns.base import Pattern
+from headsparse.patterns.dense import Dense
+from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.layer import heads_layout
-from headsparse.plan import pattern_to_dict
 from headsparse.timing import best_time
 
 
@@ -78,7 +82,7 @@ class CostModel:
         g = (geometry.frames, geometry.height, geometry.width, geometry.text_len, geometry.text_position)
 
         def key(heads: tuple[Pattern, ...]) -> str:
-            runs = [(pattern_to_dict(p), n) for p, n in _runs(heads)]
+            runs = [(p.to_dict(), n) for p, n in _runs(heads)]
             return json.dumps([runs[0][0] if len(runs) == 1 else runs, g, len(heads), head_dim, block,
                                str(self.dtype)], sort_keys=True)
 
