@@ -79,6 +79,10 @@ def layout_block_mask(layout: Layout, batch: int, device: torch.device) -> Block
         expand(lay.part_num), expand(full_width(lay.part_idx)), expand(lay.full_num), expand(full_width(lay.full_idx)),
         BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
         seq_lengths=(lay.num_q_blocks * bm, lay.num_kv_blocks * bn),
+        # The transposed (query-side) tables only serve a backward pass, which this inference executor never
+        # runs; building them takes torch.vmap, which fails inside a compiled graph's run (a torch.compile'd
+        # block calling the routed op: "Cannot access storage of BatchedTensorImpl").
+        compute_q_blocks=False,
     )
     layout._cache[key] = block_mask
     return block_mask
