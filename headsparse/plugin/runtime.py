@@ -218,7 +218,12 @@ _ROUTER_IDS = itertools.count()
 _CALL_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
-@torch.library.custom_op("headsparse::routed_attention", mutates_args=())
+# cudagraph_unsafe: the op decides in Python on every call (step, plan, geometry); a CUDA graph
+# (torch.compile mode="reduce-overhead") would replay the first call's decision forever.
+_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+
+@torch.library.custom_op("headsparse::routed_attention", mutates_args=(), tags=_OP_TAGS)
 def routed_attention(
     query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None, router: Tensor,
     head_offset: int | None, backend: str | None,
