@@ -91,6 +91,10 @@ def layout_block_mask(layout: Layout, batch: int, device: torch.device) -> Block
     block_mask = BlockMask.from_kv_blocks(
         part_num, part_idx, full_num, full_idx, BLOCK_SIZE=(bm, bn), mask_mod=mask_mod,
         seq_lengths=(lay.num_q_blocks * bm, lay.num_kv_blocks * bn),
+        # The transposed (query-side) tables only serve a backward pass, which this inference executor never
+        # runs; building them takes torch.vmap, which fails inside a compiled graph's run (a torch.compile'd
+        # block calling the routed op: "Cannot access storage of BatchedTensorImpl").
+        compute_q_blocks=False,
     )
     layout._cache[key] = block_mask
     return block_mask

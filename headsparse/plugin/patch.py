@@ -45,7 +45,13 @@ from headsparse.plugin import (  # noqa: F401  (registers the specs)
     vit_transformers,
 )
 from headsparse.plugin.context_parallel import cp_config, unsupported_reason
-from headsparse.plugin.rebind import attention_call_style, is_rebound, original_processor, rebind_processor
+from headsparse.plugin.rebind import (
+    attention_call_style,
+    is_rebound,
+    original_processor,
+    rebind_processor,
+    restore_processor,
+)
 from headsparse.plugin.runtime import (
     STATE_ATTR,
     AttentionRouter,
@@ -54,6 +60,8 @@ from headsparse.plugin.runtime import (
     TransformerState,
     layer_layout,
     make_pre_hook,
+    routed_dispatch,
+    routed_sdpa,
 )
 from headsparse.plugin.spec import ModelSpec, spec_for, supported_classes
 
@@ -355,12 +363,11 @@ def patch(
             style = attention_call_style(proc)
             if style == "dispatch":
                 original_fn = type(proc).__call__.__globals__["dispatch_attention_fn"]
-                backend_kwargs = {"backend": getattr(proc, "_attention_backend", None)}
-                router = AttentionRouter(state, layer, style, original_fn, backend_kwargs)
-                module.processor = rebind_processor(proc, dispatch=router)
+                router = AttentionRouter(state, layer, style, original_fn)
+                module.processor = rebind_processor(proc, dispatch=routed_dispatch, router=router)
             else:
                 router = AttentionRouter(state, layer, "sdpa", F.scaled_dot_product_attention)
-                module.processor = rebind_processor(proc, sdpa=router)
+                module.processor = rebind_processor(proc, sdpa=routed_sdpa, router=router)
             state.routers.append(router)
         state.hook = spec.geometry_target(model).register_forward_pre_hook(make_pre_hook(state), with_kwargs=True)
         cp = cp_config(getattr(model, "_parallel_config", None))
@@ -384,11 +391,8 @@ def unpatch(target: Any) -> None:
             if state.spec.adapter is not None:
                 state.spec.adapter.restore(module)
             elif is_rebound(module.processor):
-                rebound = module.processor
-                module.processor = original_processor(rebound)
-                if getattr(rebound, "_parallel_config", None) is not None:
-                    # enable_parallelism ran after patch and configured the copy: keep its config.
-                    module.processor._parallel_config = rebound._parallel_config
+                # What diffusers set on the copy since (enable_parallelism, set_attention_backend) stays in force.
+                module.processor = restore_processor(module.processor)
         for router in state.routers:
             router.release()
         if state.hook is not None:

@@ -5,13 +5,18 @@ projection) around one attention call: ``dispatch_attention_fn(q, k, v, ...)`` o
 ``F.scaled_dot_product_attention(q, k, v, ...)`` on (B, H, S, D), both looked up as globals of the
 processor's module. Instead of rewriting each processor (and drifting from diffusers), we build a
 subclass whose ``__call__`` is the *same bytecode* evaluated in a copy of the module's namespace
-where those two names point at our router. Everything else the processor does stays identical,
-``inspect.signature`` (which diffusers uses to filter kwargs) is unchanged, and nothing global is
-modified, so unpatched models in the same process are unaffected.
+where those two names point at headsparse's stand-ins. Everything else the processor does stays
+identical, ``inspect.signature`` (which diffusers uses to filter kwargs) is unchanged, and nothing
+global is modified, so unpatched models in the same process are unaffected.
+
+One subclass serves every processor of a class: the stand-in reaches the calling layer's router
+through the processor that is running (:data:`ACTIVE`), so torch.compile sees the same code, the
+same globals and the same type in every layer and compiles a repeated block once.
 """
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -50,15 +55,32 @@ def attention_call_style(processor: Any) -> str | None:
     return None
 
 
-def rebind_processor(
-    processor: Any, *, dispatch: Callable[..., Any] | None = None, sdpa: Callable[..., Any] | None = None
-) -> Any:
-    """A copy of ``processor`` whose ``__call__`` calls ``dispatch``/``sdpa`` for attention.
+class ActiveProcessor:
+    """The rebound processor whose ``__call__`` is running: set there, read by the attention stand-ins.
 
-    The copy is an instance of a subclass of the processor's class sharing its attributes, and
-    remembers the original (``_headsparse_original``) so it can be restored.
+    Every rebound processor of one class shares one subclass, one ``__call__`` and one namespace (so a
+    compiled block is one graph for every layer: ``compile_repeated_blocks`` compiles once, not once per
+    layer); the stand-in in that namespace finds its layer's router through this holder.
     """
-    cls = type(processor)
+
+    def __init__(self) -> None:
+        self.processor: Any = None
+
+
+ACTIVE = ActiveProcessor()
+ROUTER_ATTR = "_headsparse_router"
+_SUBCLASSES: dict[tuple[type, Any, Any], type] = {}
+
+
+def rebound_class(cls: type, dispatch: Callable[..., Any] | None, sdpa: Callable[..., Any] | None) -> type:
+    """The subclass of ``cls`` whose ``__call__`` is ``cls.__call__`` calling ``dispatch``/``sdpa`` for attention.
+
+    Made once per (class, stand-ins) and reused, so all layers (and later patches) share it. Its namespace
+    is a copy of the processor module's globals taken then.
+    """
+    key = (cls, dispatch, sdpa)
+    if key in _SUBCLASSES:
+        return _SUBCLASSES[key]
     call = cls.__call__
     if not isinstance(call, types.FunctionType):
         raise TypeError(f"{cls.__name__}.__call__ is not a plain Python function; cannot rebind it")
@@ -70,10 +92,35 @@ def rebind_processor(
     if sdpa is not None:
         namespace["F"] = functional_with(sdpa)
     rebound = with_globals(call, namespace)
-    sub = type(f"Headsparse{cls.__name__}", (cls,), {"__call__": rebound, "__module__": __name__})
-    copy = cls.__new__(sub)
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        outer, ACTIVE.processor = ACTIVE.processor, self
+        out = rebound(self, *args, **kwargs)
+        ACTIVE.processor = outer
+        return out
+
+    # ``inspect.signature`` (which diffusers filters kwargs with) follows ``__wrapped__`` to the original's.
+    functools.update_wrapper(__call__, rebound)
+    sub = type(f"Headsparse{cls.__name__}", (cls,), {"__call__": __call__, "__module__": __name__})
+    _SUBCLASSES[key] = sub
+    return sub
+
+
+def rebind_processor(
+    processor: Any, *, dispatch: Callable[..., Any] | None = None, sdpa: Callable[..., Any] | None = None,
+    router: Any = None,
+) -> Any:
+    """A copy of ``processor`` whose ``__call__`` calls ``dispatch``/``sdpa`` for attention.
+
+    The copy is an instance of :func:`rebound_class` sharing the original's attributes; it remembers
+    the original (``_headsparse_original``) so it can be restored, and carries its layer's ``router``
+    (``_headsparse_router``), which the stand-ins reach through :data:`ACTIVE`.
+    """
+    sub = rebound_class(type(processor), dispatch, sdpa)
+    copy = type(processor).__new__(sub)
     copy.__dict__.update(processor.__dict__)
     setattr(copy, ORIGINAL_ATTR, processor)
+    setattr(copy, ROUTER_ATTR, router)
     return copy
 
 
@@ -81,6 +128,21 @@ def original_processor(processor: Any) -> Any:
     """The processor a rebound copy was made from (or the processor itself)."""
     return getattr(processor, ORIGINAL_ATTR, processor)
 
+
+def restore_processor(processor: Any) -> Any:
+    """The original of a rebound copy, given every attribute set on the copy since patching.
+
+    diffusers configures processors in place (``set_attention_backend`` sets ``_attention_backend``,
+    ``enable_parallelism`` sets ``_parallel_config``): what was set on the copy stays in force after unpatch.
+    """
+    original = original_processor(processor)
+    if original is processor:
+        return processor
+    missing = object()
+    for name, value in processor.__dict__.items():
+        if name not in (ORIGINAL_ATTR, ROUTER_ATTR) and original.__dict__.get(name, missing) is not value:
+            setattr(original, name, value)
+    return original
 
 
 def is_rebound(processor: Any) -> bool:

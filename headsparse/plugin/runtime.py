@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ from headsparse.plugin.context_parallel import (
     ulysses_head_offset,
     unsupported_reason,
 )
+from headsparse.plugin.rebind import ACTIVE, ROUTER_ATTR
 from headsparse.plugin.spec import Grid, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -212,27 +214,66 @@ def _key_padding(mask: Tensor, batch: int, length: int) -> Tensor | None:
 
 
 _ROUTERS: dict[int, AttentionRouter] = {}
+_ROUTER_IDS = itertools.count()
 _CALL_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
-@torch.library.custom_op("headsparse::routed_attention", mutates_args=())
+# cudagraph_unsafe: the op decides in Python on every call (step, plan, geometry); a CUDA graph
+# (torch.compile mode="reduce-overhead") would replay the first call's decision forever.
+_OP_TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+
+@torch.library.custom_op("headsparse::routed_attention", mutates_args=(), tags=_OP_TAGS)
 def routed_attention(
-    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None, router: int,
-    head_offset: int | None,
+    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None, router: Tensor,
+    head_offset: int | None, backend: str | None,
 ) -> Tensor:
     """One layer's self-attention, decided at run time from the plan, the step and the geometry.
 
     A custom op so that ``torch.compile`` keeps it whole in the graph: the decision (dense or which
-    layout) reads Python state that must not be traced or guarded on. ``head_offset``: None when
-    the call holds all the layer's heads; under Ulysses, the global index of the first head it holds.
+    layout) reads Python state that must not be traced or guarded on. ``router``: the layer's router
+    id as a CPU tensor, so that it is an input of a compiled graph and not a constant (one graph serves
+    every layer of a repeated block). ``head_offset``: None when the call holds all the layer's heads;
+    under Ulysses, the global index of the first head it holds. ``backend``: the diffusers attention
+    backend the processor asked for (``set_attention_backend``), which the heads left dense run on.
     """
-    return _ROUTERS[router].run(query, key, value, attn_mask, scale, head_offset).contiguous()
+    return _ROUTERS[int(router)].run(query, key, value, attn_mask, scale, head_offset, backend).contiguous()
 
 
 @routed_attention.register_fake
 def _(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, scale: float | None,
-      router: int, head_offset: int | None) -> Tensor:
+      router: Tensor, head_offset: int | None, backend: str | None) -> Tensor:
     return query.new_empty(query.shape)
+
+
+def routed_dispatch(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``dispatch_attention_fn`` in every rebound processor: the running layer's router."""
+    return getattr(ACTIVE.processor, ROUTER_ATTR)(*args, **kwargs)
+
+
+def routed_sdpa(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``F.scaled_dot_product_attention`` in every rebound processor."""
+    return getattr(ACTIVE.processor, ROUTER_ATTR)(*args, **kwargs)
+
+
+def chosen_backend(backend: str | None) -> str | None:
+    """The diffusers attention backend a user chose for dense attention: the processor's (``set_attention_backend``),
+    else the active one (``attention_backend(...)``, ``DIFFUSERS_ATTN_BACKEND``) unless it is the default "native"."""
+    if backend is not None:
+        return backend
+    try:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        return None
+    active = _backend_name(_AttentionBackendRegistry.get_active_backend()[0])
+    return None if active == "native" else active
+
+
+def _backend_name(backend: Any) -> str | None:
+    """A diffusers ``AttentionBackendName`` (a str enum) or name as a plain str (what the custom op takes)."""
+    if backend is None:
+        return None
+    return str(getattr(backend, "value", backend))
 
 
 class AttentionRouter:
@@ -244,14 +285,13 @@ class AttentionRouter:
     all-to-all, on this rank's heads).
     """
 
-    def __init__(self, state: TransformerState, layer: int, style: str, original: Callable[..., Any],
-                 original_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, state: TransformerState, layer: int, style: str, original: Callable[..., Any]) -> None:
         self.state = state
         self.layer = layer
         self.style = style  # "dispatch": q (B, S, H, D); "sdpa": q (B, H, S, D)
         self.original = original
-        self.original_kwargs = original_kwargs or {}
-        self.id = id(self)
+        self.id = next(_ROUTER_IDS)
+        self.key = torch.tensor(self.id)  # what the custom op gets (a graph input under torch.compile)
         _ROUTERS[self.id] = self
 
     def release(self) -> None:
@@ -276,6 +316,7 @@ class AttentionRouter:
         if static_dense:
             return self.original(*args, **kwargs)
         scale = call.get("scale")
+        backend = _backend_name(call.get("backend"))
         if cp is not None:
             why = unsupported_reason(cp)
             if why is not None:
@@ -284,11 +325,12 @@ class AttentionRouter:
             if self.state.observer is not None:
                 raise RuntimeError("headsparse.search calibrates every head in one process; run it without context "
                                    "parallelism and apply the plan under it")
-            return ulysses_attention(q, k, call["value"], scale, parallel, functools.partial(self._ulysses, cp, scale))
+            run_local = functools.partial(self._ulysses, cp, scale, backend)
+            return ulysses_attention(q, k, call["value"], scale, parallel, run_local)
         # A parallel config that splits nothing (no context parallelism): an ordinary call.
-        return routed_attention(q, k, call["value"], mask, scale, self.id, None)
+        return routed_attention(q, k, call["value"], mask, scale, self.key, None, backend)
 
-    def _ulysses(self, cp: Any, scale: float | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _ulysses(self, cp: Any, scale: float | None, backend: str | None, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """One rank's attention inside Ulysses: the whole sequence, this rank's heads, (B, S, H_local, D).
 
         Joint text + grid sequences arrive rank-interleaved; they run in the model's token order.
@@ -300,19 +342,19 @@ class AttentionRouter:
             if geometry is not None and geometry.text_len:
                 self.state.warn_once(f"layer {self.layer}: {geometry.text_len} text and {geometry.video_len} grid "
                                      f"tokens do not split evenly over {cp.ulysses_degree} ranks; running dense")
-                return self._dense(q, k, v, None, scale)
-            return routed_attention(q, k, v, None, scale, self.id, offset)
+                return self._dense(q, k, v, None, scale, backend)
+            return routed_attention(q, k, v, None, scale, self.key, offset, backend)
         order = order.to(q.device)
-        out = routed_attention(q[:, order], k[:, order], v[:, order], None, scale, self.id, offset)
+        out = routed_attention(q[:, order], k[:, order], v[:, order], None, scale, self.key, offset, backend)
         return out[:, torch.argsort(order)]
 
     def run(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None,
-            head_offset: int | None = None) -> Tensor:
+            head_offset: int | None = None, backend: str | None = None) -> Tensor:
         state = self.state
         if not state.profile:
-            return self._route(q, k, v, mask, scale, head_offset)
+            return self._route(q, k, v, mask, scale, head_offset, backend)
         start = time.perf_counter()
-        out = self._route(q, k, v, mask, scale, head_offset)
+        out = self._route(q, k, v, mask, scale, head_offset, backend)
         if out.is_cuda:
             torch.cuda.synchronize(out.device)
         stats = state.stats[self.layer]
@@ -321,9 +363,11 @@ class AttentionRouter:
         return out
 
     # ------------------------------------------------------------------ routing
-    def _dense(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
-        return self.original(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale,
-                             **self.original_kwargs)
+    def _dense(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None,
+               backend: str | None = None) -> Tensor:
+        """The model's own attention call (for diffusers' dispatcher: on the backend the processor asked for)."""
+        extra = {"backend": backend} if backend is not None else {}
+        return self.original(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale, **extra)
 
     def _heads(self, auto: bool, count: int, head_offset: int | None) -> tuple[Pattern, ...]:
         """The patterns of this call's heads: all the layer's, or ``count`` from ``head_offset`` (Ulysses).
@@ -338,7 +382,7 @@ class AttentionRouter:
         return heads[head_offset : head_offset + count]
 
     def _route(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None,
-               head_offset: int | None) -> Tensor:
+               head_offset: int | None, backend: str | None = None) -> Tensor:
         state = self.state
         if state.observer is not None:
             geometry, _ = self._geometry(q, state.plan.num_heads)
@@ -346,34 +390,34 @@ class AttentionRouter:
             if geometry is not None and (mask is None or (valid is not None and bool(valid.all()))):
                 qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
                 state.observer(self.layer, state.step, qh, kh, vh, geometry)
-            return self._dense(q, k, v, mask, scale)
+            return self._dense(q, k, v, mask, scale, backend)
         auto = state.auto_now(self.layer)
         heads = self._heads(auto, q.shape[2 if self.style == "dispatch" else 1], head_offset)
         if not auto and all(isinstance(p, Dense) for p in heads):
-            return self._dense(q, k, v, mask, scale)
+            return self._dense(q, k, v, mask, scale, backend)
         geometry, reason = self._geometry(q, len(heads))
         if geometry is None:
             state.warn_once(f"layer {self.layer}: running dense because {reason}")
-            return self._dense(q, k, v, mask, scale)
+            return self._dense(q, k, v, mask, scale, backend)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
         valid = None
         if mask is not None:
             valid = _key_padding(mask, qh.shape[0], qh.shape[2])
             if valid is None:
                 state.warn_once(f"layer {self.layer}: running dense because its attention mask is not a key mask")
-                return self._dense(q, k, v, mask, scale)
+                return self._dense(q, k, v, mask, scale, backend)
             if bool(valid.all()):
                 valid = None
         if auto:
             if valid is not None:
                 state.warn_once(f"layer {self.layer}: recognition does not handle padded text; this call runs dense")
-                return self._dense(q, k, v, mask, scale)
+                return self._dense(q, k, v, mask, scale, backend)
             decision = self._decide(qh, kh, vh, geometry, scale)
             if all(isinstance(p, Dense) for p in decision.recognition.heads):
-                return self._dense(q, k, v, mask, scale)
+                return self._dense(q, k, v, mask, scale, backend)
             out = sparse_attention(qh, kh, vh, decision.layout, scale=scale, backend=state.backend)
         else:
-            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale)
+            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale, dense_backend=backend)
         stats = state.stats[self.layer]
         stats.sparse_calls += 1
         stats.geometry = geometry
@@ -441,10 +485,31 @@ class AttentionRouter:
 
         return attention_by_head_groups(q, k, v, [(idx, executor(p, idx)) for p, idx in groups.items()])
 
+    def _dense_heads_apart(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
+                           scale: float | None, backend: str) -> Tensor:
+        """A layer mixing dense and sparse heads under a chosen diffusers backend: its dense heads run there."""
+        dense = [h for h, p in enumerate(heads) if isinstance(p, Dense)]
+        rest = [h for h, p in enumerate(heads) if not isinstance(p, Dense)]
+        rest_heads = tuple(heads[h] for h in rest)
+
+        def run_dense(qs: Tensor, ks: Tensor, vs: Tensor) -> Tensor:
+            qs, ks, vs = (t.transpose(1, 2) for t in (qs, ks, vs))
+            return self._dense(qs, ks, vs, None, scale, backend).transpose(1, 2)
+
+        def run_rest(qs: Tensor, ks: Tensor, vs: Tensor) -> Tensor:
+            return self._sparse(qs, ks, vs, rest_heads, geometry, None, scale)
+
+        return attention_by_head_groups(q, k, v, [(dense, run_dense), (rest, run_rest)])
+
     def _sparse(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
-                valid: Tensor | None, scale: float | None) -> Tensor:
+                valid: Tensor | None, scale: float | None, dense_backend: str | None = None) -> Tensor:
         agent = any(isinstance(p, Agent) for p in heads)
         dynamic = any(getattr(p, "dynamic", False) for p in heads)  # agent and pooled heads
+        mixed = 0 < sum(isinstance(p, Dense) for p in heads) < len(heads)
+        if mixed and valid is None and not dynamic and self.style == "dispatch":
+            chosen = chosen_backend(dense_backend)
+            if chosen is not None:
+                return self._dense_heads_apart(q, k, v, heads, geometry, scale, chosen)
         if valid is not None and dynamic:
             kind = "agent attention" if agent else "dynamic patterns"
             self.state.warn_once(f"layer {self.layer}: {kind} with padded text is not built; running dense")
