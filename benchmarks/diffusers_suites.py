@@ -93,6 +93,7 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
 # -------------------------------------------------------------------------------------------------- the runner
 def export_tests(git_dir: str, ref: str, dest: Path) -> Path:
     """``git archive REF tests`` of a diffusers checkout into ``dest``; returns the folder holding ``tests/``."""
+    dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", git_dir, "archive", ref, "tests"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest
@@ -142,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--classes", help="comma-separated transformer classes to patch (default: the suite's)")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments")
-    args = parser.parse_args(argv)
-    extra = [a for a in args.pytest_args if a != "--"]
+    parser.epilog = "Arguments after -- go to pytest (e.g. -- -k 'not compile')."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     with tempfile.TemporaryDirectory(prefix="headsparse-suites-") as tmp:
         work = Path(tmp)
         if args.diffusers_git:
