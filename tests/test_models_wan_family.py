@@ -281,6 +281,23 @@ def test_frame_masked_layout_keeps_exactly_pattern_and_frame_mask(inner, geometr
         assert torch.equal(pattern.dense_mask(geometry), expected)
 
 
+def test_executors_run_frame_masked_layouts():
+    """The Triton kernel (interpreted here), grouped and masked executors keep exactly the intersected mask."""
+    from headsparse.kernels import Layout, layout_reference, sparse_attention
+
+    geometry = Geometry(4, 3, 5)
+    heads = (FrameMasked(inner=Spatial(frame_band=1), allowed=_block_causal(4, 2)),
+             FrameMasked(inner=Temporal(), allowed=_block_causal(4, 2)))
+    lay = Layout.concat_heads([p.layout(geometry, block_m=32, block_n=32) for p in heads])
+    q, k, v = (torch.randn(1, 2, geometry.seq_len, 16) for _ in range(3))
+    ref = layout_reference(q, k, v, lay)
+    for h, pattern in enumerate(heads):
+        assert torch.equal(lay.to_dense_mask()[0, h], pattern.dense_mask(geometry))
+    with torch.no_grad():
+        for backend in ("triton", "grouped", "masked"):
+            torch.testing.assert_close(sparse_attention(q, k, v, lay, backend=backend), ref, atol=1e-5, rtol=0)
+
+
 def test_frame_table_reads_only_frame_granular_masks():
     g = Geometry(4, 2, 3)
     table = _block_causal(4, 2)
