@@ -73,7 +73,8 @@ class StepTracker:
     def summary(timestep: Any) -> tuple[float, float, float]:
         if isinstance(timestep, Tensor):
             values = timestep.detach().flatten().double()
-            return float(values.max()), float(values.min()), float(values.mean())
+            high, low, mean = torch.stack([values.max(), values.min(), values.mean()]).tolist()  # one device sync
+            return high, low, mean
         value = float(timestep)
         return value, value, value
 
