@@ -33,6 +33,9 @@ def _search_pipeline(args: argparse.Namespace):
         except PipelineLoadError as exc:
             raise SearchError(str(exc)) from None
     preset = preset_for(args.model)
+    if preset.needs_image:
+        raise SearchError(f"--model {preset.name} is image-to-video: search runs prompts only; search a plan with the "
+                          "text-to-video model of the family (the same transformer class) or with --model-path")
     dtype = TORCH_DTYPES[DTYPES[args.dtype]] if args.dtype else TORCH_DTYPES[preset.dtype]
     try:
         pipe = load_preset(preset, args.model_path, dtype, args.device, cpu_offload=False)
@@ -42,6 +45,7 @@ def _search_pipeline(args: argparse.Namespace):
     defaults = {"height": preset.height, "width": preset.width, "guidance_scale": preset.guidance}
     if preset.video:
         defaults["num_frames"] = preset.frames
+    defaults.update(preset.call_kwargs)
     return pipe, defaults
 
 
@@ -153,7 +157,7 @@ def _request(args: argparse.Namespace):
         dtype=args.dtype, device=args.device,
         dense_steps=args.dense_steps, dense_layers=args.dense_layers, max_cost=args.max_cost, backend=args.backend,
         compare_dense=args.compare_dense, cpu_offload=args.cpu_offload, progress=not args.quiet,
-        warmup=not args.no_warmup, repeats=args.repeats,
+        warmup=not args.no_warmup, repeats=args.repeats, image=args.image,
     )
 
 
@@ -217,6 +221,7 @@ def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--model-path", help="local folder of a diffusers pipeline (save_pretrained / hub snapshot layout)")
     g.add_argument("--prompt", default="a red car on the moon")
     g.add_argument("--negative-prompt")
+    g.add_argument("--image", help="first frame (an image file) for image-to-video presets, e.g. wan-i2v")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--dense", action="store_true", help="run dense attention only (no headsparse)")
     mode.add_argument("--pattern", help="one pattern for every head, e.g. spatial, temporal, neighborhood")

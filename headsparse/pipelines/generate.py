@@ -71,6 +71,7 @@ class GenerateRequest:
     progress: bool = True
     warmup: bool = True  # an untimed 1-step run of every timed path first, so no timed run pays first-call costs
     repeats: int = 1  # timed runs of each path, interleaved (dense, headsparse, dense, ...)
+    image: str | None = None  # the first frame of an image-to-video preset
 
 
 @dataclass
@@ -282,7 +283,33 @@ def pipeline_call(preset: Preset, request: GenerateRequest, steps: int | None = 
         call["num_frames"] = request.frames or preset.frames
     if request.negative_prompt is not None:
         call["negative_prompt"] = request.negative_prompt
+    call.update(preset.call_kwargs)
+    if request.image is not None:
+        call["image"] = load_image(request.image)
     return call
+
+
+def check_image(preset: Preset, image: str | None) -> None:
+    """An image-to-video preset needs ``image`` (a readable image file); other presets take none."""
+    if preset.needs_image and image is None:
+        raise GenerateError(f"--model {preset.name} is image-to-video ({preset.pipeline}): pass --image PATH, the "
+                            "first frame")
+    if image is not None and not preset.needs_image:
+        raise GenerateError(f"--image is for image-to-video presets; --model {preset.name} ({preset.pipeline}) "
+                            "takes a prompt only")
+    if image is not None:
+        load_image(image)
+
+
+def load_image(path: str) -> Any:
+    """The image at ``path`` as an RGB PIL image (GenerateError naming the file when it cannot be read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GenerateError(f"--image {path}: cannot read it as an image ({exc})") from None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -369,6 +396,7 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     except ValueError as exc:
         raise GenerateError(str(exc)) from None
     mode, patch_kwargs = resolve_mode(request, preset)
+    check_image(preset, request.image)
     if not isinstance(request.repeats, int) or request.repeats < 1:
         raise GenerateError(f"--repeats must be an integer >= 1, got {request.repeats!r}")
     dtype_name = request.dtype or preset.dtype

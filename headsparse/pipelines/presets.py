@@ -39,6 +39,9 @@ class Preset:
     vae_float32: bool = False  # load the VAE in float32 (Wan's recommendation)
     notes: str = ""
     weights: str | None = None  # an embedded model: its folder under headsparse/pipelines/weights
+    # Further pipeline arguments the model's documentation sets (e.g. SkyReels-V2's ar_step).
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
+    needs_image: bool = False  # an image-to-video pipeline: generate needs --image (the first frame)
 
     def weights_folder(self) -> Path | None:
         return None if self.weights is None else WEIGHTS / self.weights
@@ -64,6 +67,32 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("sd3", "StableDiffusion3Pipeline", "SD3Transformer2DModel",
            "stabilityai/stable-diffusion-3.5-medium", False, "bfloat16", 0, 1, 1024, 1024, 28, 7.0,
            dense_steps=0.25, notes="Stable Diffusion 3 / 3.5"),
+    # ---- Wan family (issue 22, wan_family) ----
+    Preset("wan-i2v", "WanImageToVideoPipeline", "WanTransformer3DModel", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+           True, "bfloat16", 16, 81, 480, 832, 50, 5.0, vae_float32=True, needs_image=True,
+           notes="Wan 2.1 I2V 14B (480P; 720P: --height 720 --width 1280): first-frame condition as channels, CLIP "
+                 "image tokens in cross-attention only; Wan 2.2 I2V A14B loads the same way (both transformers)"),
+    Preset("wan2.2-ti2v", "WanPipeline", "WanTransformer3DModel", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", True,
+           "bfloat16", 24, 121, 704, 1280, 50, 5.0, vae_float32=True,
+           notes="Wan 2.2 TI2V 5B, text-to-video (its 16x VAE: 121 frames of 704x1280 are 31 x 44 x 80 tokens); "
+                 "per-token timesteps"),
+    Preset("wan2.2-ti2v-i2v", "WanImageToVideoPipeline", "WanTransformer3DModel", "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+           True, "bfloat16", 24, 121, 704, 1280, 50, 5.0, vae_float32=True, needs_image=True,
+           notes="Wan 2.2 TI2V 5B, image-to-video: the image is the first latent frame (timestep 0 on its tokens)"),
+    Preset("wan-vace", "WanVACEPipeline", "WanVACETransformer3DModel", "Wan-AI/Wan2.1-VACE-1.3B-diffusers", True,
+           "bfloat16", 16, 81, 480, 832, 30, 5.0, vae_float32=True,
+           notes="Wan 2.1 VACE 1.3B / 14B, prompt only (no control video: its control latents are empty); the VACE "
+                 "blocks' self-attention is patched too"),
+    Preset("skyreels-v2", "SkyReelsV2Pipeline", "SkyReelsV2Transformer3DModel",
+           "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers", True, "bfloat16", 24, 97, 544, 960, 50, 6.0, vae_float32=True,
+           notes="SkyReels-V2 T2V 14B 540P (720P: --height 720 --width 1280)"),
+    Preset("skyreels-v2-df", "SkyReelsV2DiffusionForcingPipeline", "SkyReelsV2Transformer3DModel",
+           "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers", True, "bfloat16", 24, 97, 544, 960, 30, 6.0,
+           vae_float32=True, call_kwargs={"base_num_frames": 97, "ar_step": 5, "causal_block_size": 5,
+                                          "addnoise_condition": 20},
+           notes="SkyReels-V2 diffusion forcing 1.3B 540P, asynchronous (ar_step 5, causal blocks of 5 latent frames): "
+                 "the model's block-causal mask is intersected with every head's pattern; dense_steps counts the "
+                 "pipeline's iterations, which outnumber --steps in this mode"),
     Preset("tiny", "WanPipeline", "WanTransformer3DModel", "(embedded; built offline)", True, "float32",
            8, 17, 96, 160, 5, 1.0, dense_steps=1, dense_layers=0,
            notes="the embedded tiny Wan pipeline: random weights with planted attention heads (see "

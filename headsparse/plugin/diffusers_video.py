@@ -70,3 +70,35 @@ MOCHI = register_spec(ModelSpec(
     "MochiTransformer3DModel", "diffusers-video", r"transformer_blocks\.\d+\.attn1", ("MochiAttnProcessor2_0",),
     "suffix", _mochi_grid, notes="video then the item's valid text tokens, one attention call per batch item",
 ))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Wan family (issue 22, wan_family): WanVACE, WanAnimate, SkyReels-V2. Wan 2.1 I2V / FLF2V and Wan 2.2 TI2V run
+# through WanTransformer3DModel (WAN above): their image condition is channels of the latent (I2V) or its first
+# latent frame (TI2V), so self-attention sees the video grid only; CLIP image tokens reach cross-attention (attn2's
+# added k/v) only.
+# - WanVACE ``blocks.N.attn1`` and ``vace_blocks.N.attn1``: video only; the control latents share the grid; VACE
+#   reference images are leading latent frames of the grid (cropped by the pipeline after denoising).
+# - WanAnimate ``blocks.N.attn1``: video only; latent frame 0 is the reference character image. ``face_adapter.N``
+#   is frame-aligned cross-attention to the motion tokens and ``attn2`` cross-attention to text + CLIP image:
+#   both left alone.
+# - SkyReels-V2 ``blocks.N.attn1``: video only. Diffusion forcing with ``num_frame_per_block > 1`` masks it
+#   block-causally by frame (a bool (1, 1, S, S) mask); the router intersects every head's pattern with it.
+WAN_VACE = register_spec(ModelSpec(
+    "WanVACETransformer3DModel", "diffusers-video", r"(blocks|vace_blocks)\.\d+\.attn1",
+    ("WanAttnProcessor", "WanAttnProcessor2_0"), "none", _wan_grid,
+    notes="attn1 of the main and the VACE blocks: self-attention over video tokens (reference images are leading "
+          "latent frames of the grid); attn2 cross-attention untouched",
+))
+WAN_ANIMATE = register_spec(ModelSpec(
+    "WanAnimateTransformer3DModel", "diffusers-video", r"blocks\.\d+\.attn1", ("WanAttnProcessor",), "none",
+    _wan_grid,
+    notes="attn1 self-attention over video tokens (latent frame 0: the reference character); attn2 (text + CLIP "
+          "image) and the face adapter's frame-aligned motion cross-attention untouched",
+))
+SKYREELS_V2 = register_spec(ModelSpec(
+    "SkyReelsV2Transformer3DModel", "diffusers-video", r"blocks\.\d+\.attn1",
+    ("SkyReelsV2AttnProcessor", "SkyReelsV2AttnProcessor2_0"), "none", _wan_grid,
+    notes="attn1 self-attention over video tokens; with diffusion forcing's block-causal frame mask "
+          "(num_frame_per_block > 1) every head's pattern runs intersected with it; attn2 cross-attention untouched",
+))

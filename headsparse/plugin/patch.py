@@ -26,6 +26,7 @@ from torch import nn
 
 from headsparse.kernels.sparse_attention import Backend
 from headsparse.patterns import Dense, Pattern, get_pattern
+from headsparse.patterns.frame_masked import FrameMasked
 from headsparse.patterns.recognize import Recognizer
 from headsparse.plan import (
     DenseSteps,
@@ -428,7 +429,9 @@ def summary(target: Any, *, print_table: bool = True) -> list[dict[str, Any]]:
             if decision is not None and state.auto_now(layer):
                 density = decision.layout.density()[0].tolist()
             elif stats.geometry is not None and not any(getattr(p, "dynamic", False) for p in heads):
-                lay = layer_layout(heads, stats.geometry, state.plan.block_size, "cpu")
+                table = stats.frame_table  # the model's own frame mask, which the heads ran intersected with
+                ran = heads if table is None else tuple(FrameMasked(inner=p, allowed=table) for p in heads)
+                lay = layer_layout(ran, stats.geometry, state.plan.block_size, "cpu")
                 density = lay.density()[0].tolist()
             ms = 1000 * stats.seconds / stats.calls if stats.calls else None
             rec_ms = 1000 * stats.recognition_seconds if stats.recognitions else None

@@ -21,6 +21,7 @@ import inspect
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from headsparse.kernels.layout_cache import CACHE
 from headsparse.kernels.sparse_attention import Backend, HeadGroupRun, attention_by_head_groups
 from headsparse.patterns import Agent, Dense, Geometry, Pattern
 from headsparse.patterns.agent import agent_attention
+from headsparse.patterns.frame_masked import FrameMasked
 from headsparse.patterns.layer import heads_layout
 from headsparse.patterns.recognize import Recognition, Recognizer, recognition_layout
 from headsparse.plan import ModelPlan
@@ -55,21 +57,35 @@ STATE_ATTR = "_headsparse_state"
 class StepTracker:
     """Denoising step index from the timesteps a pipeline feeds its transformer(s).
 
-    A new timestep value advances the step; the same value again (a CFG call made separately, or
-    a second transformer) keeps it; a value larger than the last one starts a new generation.
+    A new timestep advances the step; the same timestep again (a CFG call made separately, or a
+    second transformer) keeps it; a largest value above the last one's starts a new generation.
     Shared by all transformers of one pipeline (Wan 2.2 hands over from one to the other).
+
+    Timesteps may be tensors of several values: per token (Wan 2.2 TI2V, whose first-frame
+    condition tokens stay at 0) or per frame (SkyReels-V2 diffusion forcing, whose frames are at
+    different noise levels). A timestep is summarised by its (largest, smallest, mean) value, which
+    does not depend on how many batch items repeat it.
     """
 
     def __init__(self, num_steps: Callable[[], int | None] | None = None) -> None:
         self.step = 0
-        self.last: float | None = None
+        self.last: tuple[float, float, float] | None = None
         self._num_steps = num_steps
+
+    @staticmethod
+    def summary(timestep: Any) -> tuple[float, float, float]:
+        if isinstance(timestep, Tensor):
+            values = timestep.detach().flatten().double()
+            high, low, mean = torch.stack([values.max(), values.min(), values.mean()]).tolist()  # one device sync
+            return high, low, mean
+        value = float(timestep)
+        return value, value, value
 
     def observe(self, timestep: Any) -> int:
         if timestep is None:
             return self.step
-        value = float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep)
-        if self.last is None or value > self.last:
+        value = self.summary(timestep)
+        if self.last is None or value[0] > self.last[0]:
             self.step = 0
         elif value != self.last:
             self.step += 1
@@ -91,6 +107,8 @@ class LayerStats:
     geometry: Geometry | None = None
     recognitions: int = 0
     recognition_seconds: float = 0.0
+    # The frames x frames table of the model's own frame-granular mask on that call (None: no such mask).
+    frame_table: tuple[tuple[bool, ...], ...] | None = None
 
 
 @dataclass
@@ -126,6 +144,8 @@ class TransformerState:
     # Calibration (offline search): sees every eligible self-attention call, which then runs dense.
     observer: Callable[[int, int, Tensor, Tensor, Tensor, Geometry], None] | None = None
     model: nn.Module | None = None
+    # (weak reference to the last frame-granular mask, its geometry, its frames x frames table or None).
+    frame_mask: tuple[Any, Geometry, tuple[tuple[bool, ...], ...] | None] | None = None
 
     def warn_once(self, message: str) -> None:
         if message not in self.warned:
@@ -211,6 +231,37 @@ def _key_padding(mask: Tensor, batch: int, length: int) -> Tensor | None:
     else:
         return None
     return valid.expand(batch, length)
+
+
+def _square_mask(mask: Tensor, length: int) -> Tensor | None:
+    """The mask as bool [S, S] when it is one query x key table shared by every batch item and head."""
+    if mask.dtype != torch.bool:
+        return None
+    if mask.dim() == 4 and mask.shape[:2] == (1, 1):
+        mask = mask[0, 0]
+    if mask.dim() != 2 or mask.shape != (length, length):
+        return None
+    return mask
+
+
+def frame_table(mask: Tensor, geometry: Geometry) -> tuple[tuple[bool, ...], ...] | None:
+    """The frames x frames table of a frame-granular bool [S, S] mask over a video-only sequence, else None.
+
+    Frame-granular: whether query token q may see key token k depends only on their frames (e.g.
+    SkyReels-V2's block-causal diffusion forcing). Read off the first token of every frame, then
+    checked against the whole mask one query frame at a time.
+    """
+    frames, hw = geometry.frames, geometry.tokens_per_frame
+    if geometry.text_len or mask.shape != (geometry.seq_len, geometry.seq_len):
+        return None
+    table = mask[::hw, ::hw]
+    if not bool(table.any(1).all()):
+        return None
+    for f in range(frames):
+        rows = mask[f * hw : (f + 1) * hw].view(hw, frames, hw)
+        if not bool((rows == table[f][None, :, None]).all()):
+            return None
+    return tuple(tuple(bool(x) for x in row) for row in table.cpu().tolist())
 
 
 _ROUTERS: dict[int, AttentionRouter] = {}
@@ -310,7 +361,8 @@ class AttentionRouter:
             or call.get("dropout_p") or call.get("is_causal") or call.get("enable_gqa")
             or q.shape[seq_dim] != k.shape[seq_dim]
             # Under context parallelism a mask covers this rank's keys only (diffusers gathers it): dense.
-            or (mask is not None and (cp is not None or _key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None))
+            or (mask is not None and (cp is not None or (_key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None
+                                                         and _square_mask(mask, q.shape[seq_dim]) is None)))
             or (torch.is_grad_enabled() and q.requires_grad)
         )
         if static_dense:
@@ -401,7 +453,20 @@ class AttentionRouter:
             return self._dense(q, k, v, mask, scale, backend)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
         valid = None
-        if mask is not None:
+        table = None
+        square = None if mask is None else _square_mask(mask, qh.shape[2])
+        if square is not None:
+            table = self._frame_table(mask, square, geometry)
+            if table is None:
+                state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a key mask "
+                                "nor frame-granular over a video-only sequence")
+                return self._dense(q, k, v, mask, scale)
+            if auto or any(getattr(p, "dynamic", False) for p in heads):
+                state.warn_once(f"layer {self.layer}: a frame-masked (e.g. block-causal) call runs static patterns "
+                                "only; recognition and dynamic patterns run dense here")
+                return self._dense(q, k, v, mask, scale)
+            heads = tuple(FrameMasked(inner=p, allowed=table) for p in heads)
+        elif mask is not None:
             valid = _key_padding(mask, qh.shape[0], qh.shape[2])
             if valid is None:
                 state.warn_once(f"layer {self.layer}: running dense because its attention mask is not a key mask")
@@ -421,7 +486,18 @@ class AttentionRouter:
         stats = state.stats[self.layer]
         stats.sparse_calls += 1
         stats.geometry = geometry
+        stats.frame_table = table
         return out.transpose(1, 2) if self.style == "dispatch" else out
+
+    def _frame_table(self, mask: Tensor, square: Tensor, geometry: Geometry) -> tuple[tuple[bool, ...], ...] | None:
+        """:func:`frame_table` of ``square`` (``mask`` as [S, S]), read once per mask tensor: every layer of a
+        transformer call gets the same one."""
+        cached = self.state.frame_mask
+        if cached is not None and cached[0]() is mask and cached[1] == geometry:
+            return cached[2]
+        table = frame_table(square, geometry)
+        self.state.frame_mask = (weakref.ref(mask), geometry, table)
+        return table
 
     def _decide(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, scale: float | None) -> LayerDecision:
         """The layer's recognised decision: reused within ``every`` steps at the same geometry."""
