@@ -258,6 +258,31 @@ def test_sana_video_is_refused_by_name_with_the_reason():
     assert "SanaVideoTransformer3DModel" not in headsparse.supported_classes()
 
 
+# ---------------------------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("name", ["hunyuanvideo1.5", "ltx2", "cosmos2.5", "kandinsky5"])
+def test_generate_presets_fit_their_pipelines(name, tmp_path):
+    """Each preset names a diffusers pipeline of its transformer class whose call takes every argument we pass."""
+    import inspect
+
+    import diffusers
+
+    from headsparse.pipelines import GenerateRequest, preset_for
+    from headsparse.pipelines.generate import pipeline_call
+
+    preset = preset_for(name)
+    cls = getattr(diffusers, preset.pipeline)
+    assert preset.transformer in str(inspect.signature(cls.__init__).parameters["transformer"].annotation)
+    assert preset.transformer in SPECS and preset.video
+    call = pipeline_call(preset, GenerateRequest(name, "a cat", tmp_path, negative_prompt="blurry"))
+    params = inspect.signature(cls.__call__).parameters
+    assert set(call) <= set(params), set(call) - set(params)
+    assert (preset.guidance_arg in call) == (preset.guidance_arg is not None)
+    assert params["num_frames"].default in (preset.frames, None) and params["num_inference_steps"].default in (
+        preset.steps, None)
+
+
 # -------------------------------------------------------------------------------------- context parallelism
 
 CP_TEXT = 6  # diffusers splits the text stream too: an even length
@@ -295,6 +320,9 @@ def _cp_worker(rank: int, port: int, out_dir: str) -> None:
                 calls = [s.sparse_calls for s in handle.states["transformer"].stats]
                 grid = handle.states["transformer"].grid
             dense = case.model(**inputs, return_dict=False)
+        # The outputs are gathered with functional collectives (AsyncCollectiveTensor): an op waits for them,
+        # torch.save alone may write the buffer before the gather lands.
+        sparse, dense = (tuple(t.clone() for t in out) for out in (sparse, dense))
         torch.save({"sparse": sparse, "dense": dense, "calls": calls, "grid": grid}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -39,6 +39,8 @@ class Preset:
     vae_float32: bool = False  # load the VAE in float32 (Wan's recommendation)
     notes: str = ""
     weights: str | None = None  # an embedded model: its folder under headsparse/pipelines/weights
+    # The pipeline's call argument for the guidance scale; None where a guider component holds it (HunyuanVideo 1.5).
+    guidance_arg: str | None = "guidance_scale"
 
     def weights_folder(self) -> Path | None:
         return None if self.weights is None else WEIGHTS / self.weights
@@ -64,6 +66,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("sd3", "StableDiffusion3Pipeline", "SD3Transformer2DModel",
            "stabilityai/stable-diffusion-3.5-medium", False, "bfloat16", 0, 1, 1024, 1024, 28, 7.0,
            dense_steps=0.25, notes="Stable Diffusion 3 / 3.5"),
+    # Issue 22, video group: defaults from each pipeline's documentation (its example and __call__ defaults).
+    Preset("hunyuanvideo1.5", "HunyuanVideo15Pipeline", "HunyuanVideo15Transformer3DModel",
+           "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v", True, "float16", 15, 121, 352, 624, 50, 6.0,
+           dense_steps=0.25, guidance_arg=None,
+           notes="HunyuanVideo 1.5 480p T2V (8.3B); 352x624 is the pipeline's own 16:9 size at target size 480; "
+                 "its guider component holds the guidance scale, so --guidance is not passed"),
+    Preset("ltx2", "LTX2Pipeline", "LTX2VideoTransformer3DModel", "Lightricks/LTX-2", True, "bfloat16",
+           24, 121, 512, 768, 30, 3.0,
+           notes="LTX-2 audio-video; headsparse patches the video self-attention only (audio left dense)"),
+    Preset("cosmos2.5", "Cosmos2_5_PredictBasePipeline", "CosmosTransformer3DModel", "nvidia/Cosmos-Predict2.5-2B",
+           True, "bfloat16", 16, 93, 704, 1280, 36, 7.0,
+           notes="Cosmos Predict 2.5 2B text-to-world (diffusers' Cosmos pipelines need the cosmos_guardrail package)"),
+    Preset("kandinsky5", "Kandinsky5T2VPipeline", "Kandinsky5Transformer3DModel",
+           "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers", True, "bfloat16", 24, 121, 512, 768, 50, 5.0,
+           notes="Kandinsky 5.0 T2V Lite 5 s (regular attention; NABLA checkpoints run their own sparse attention, "
+                 "which headsparse leaves alone)"),
     Preset("tiny", "WanPipeline", "WanTransformer3DModel", "(embedded; built offline)", True, "float32",
            8, 17, 96, 160, 5, 1.0, dense_steps=1, dense_layers=0,
            notes="the embedded tiny Wan pipeline: random weights with planted attention heads (see "
