@@ -42,7 +42,9 @@ def _search_pipeline(args: argparse.Namespace):
     except GenerateError as exc:
         raise SearchError(str(exc)) from None
     pipe.set_progress_bar_config(disable=True)
-    defaults = {"height": preset.height, "width": preset.width, "guidance_scale": preset.guidance}
+    defaults: dict[str, object] = {"height": preset.height, "width": preset.width}
+    if preset.guidance_arg is not None:
+        defaults[preset.guidance_arg] = preset.guidance
     if preset.video:
         defaults["num_frames"] = preset.frames
     defaults.update(preset.call_kwargs)

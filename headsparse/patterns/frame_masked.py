@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from headsparse.patterns.base import BlockStats, Pattern
+from headsparse.patterns.base import BlockCoords, BlockStats, Pattern, Relation, absolute
 from headsparse.patterns.dense import Dense
 from headsparse.patterns.geometry import Geometry
 
@@ -70,8 +70,12 @@ class FrameMasked(Pattern):
         frame_ok = self._table[tq.clamp_min(0), tk.clamp_min(0)]
         return self.inner.mask(geometry, q_idx, k_idx) & (text_q | text_k | frame_ok)
 
-    def permutation(self, geometry: Geometry) -> Tensor | None:
-        return self.inner.permutation(geometry)
+    def order_candidates(self, g: Geometry, block_m: int, block_n: int) -> list:
+        return self.inner.order_candidates(g, block_m, block_n)
+
+    def block_relations(self, g: Geometry, q: BlockCoords, k: BlockCoords) -> list[Relation] | None:
+        inner = self.inner.block_relations(g, q, k)
+        return None if inner is None else [*inner, absolute(q.t, k.t)]  # the frame table reads absolute frames
 
     def block_bounds(self, g: Geometry, q: BlockStats, k: BlockStats) -> tuple[Tensor, Tensor]:
         self._check_frames(g)

@@ -42,6 +42,8 @@ class Preset:
     # Further pipeline arguments the model's documentation sets (e.g. SkyReels-V2's ar_step).
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     needs_image: bool = False  # an image-to-video pipeline: generate needs --image (the first frame)
+    # The pipeline's call argument for the guidance scale; None where a guider component holds it (HunyuanVideo 1.5).
+    guidance_arg: str | None = "guidance_scale"
 
     def weights_folder(self) -> Path | None:
         return None if self.weights is None else WEIGHTS / self.weights
@@ -67,7 +69,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("sd3", "StableDiffusion3Pipeline", "SD3Transformer2DModel",
            "stabilityai/stable-diffusion-3.5-medium", False, "bfloat16", 0, 1, 1024, 1024, 28, 7.0,
            dense_steps=0.25, notes="Stable Diffusion 3 / 3.5"),
-    # ---- Wan family (issue 22, wan_family) ----
+    # The Wan family beyond text-to-video.
     Preset("wan-i2v", "WanImageToVideoPipeline", "WanTransformer3DModel", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
            True, "bfloat16", 16, 81, 480, 832, 50, 5.0, vae_float32=True, needs_image=True,
            notes="Wan 2.1 I2V 14B (480P; 720P: --height 720 --width 1280): first-frame condition as channels, CLIP "
@@ -93,6 +95,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            notes="SkyReels-V2 diffusion forcing 1.3B 540P, asynchronous (ar_step 5, causal blocks of 5 latent frames): "
                  "the model's block-causal mask is intersected with every head's pattern; dense_steps counts the "
                  "pipeline's iterations, which outnumber --steps in this mode"),
+    # Other video families: defaults from each pipeline's documentation (its example and __call__ defaults).
+    Preset("hunyuanvideo1.5", "HunyuanVideo15Pipeline", "HunyuanVideo15Transformer3DModel",
+           "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v", True, "float16", 15, 121, 352, 624, 50, 6.0,
+           dense_steps=0.25, guidance_arg=None,
+           notes="HunyuanVideo 1.5 480p T2V (8.3B); 352x624 is the pipeline's own 16:9 size at target size 480; "
+                 "its guider component holds the guidance scale, so --guidance is not passed"),
+    Preset("ltx2", "LTX2Pipeline", "LTX2VideoTransformer3DModel", "Lightricks/LTX-2", True, "bfloat16",
+           24, 121, 512, 768, 30, 3.0,
+           notes="LTX-2 audio-video; headsparse patches the video self-attention only (audio left dense)"),
+    Preset("cosmos2.5", "Cosmos2_5_PredictBasePipeline", "CosmosTransformer3DModel", "nvidia/Cosmos-Predict2.5-2B",
+           True, "bfloat16", 16, 93, 704, 1280, 36, 7.0,
+           notes="Cosmos Predict 2.5 2B text-to-world (diffusers' Cosmos pipelines need the cosmos_guardrail package)"),
+    Preset("kandinsky5", "Kandinsky5T2VPipeline", "Kandinsky5Transformer3DModel",
+           "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers", True, "bfloat16", 24, 121, 512, 768, 50, 5.0,
+           notes="Kandinsky 5.0 T2V Lite 5 s (regular attention; NABLA checkpoints run their own sparse attention, "
+                 "which headsparse leaves alone)"),
     Preset("tiny", "WanPipeline", "WanTransformer3DModel", "(embedded; built offline)", True, "float32",
            8, 17, 96, 160, 5, 1.0, dense_steps=1, dense_layers=0,
            notes="the embedded tiny Wan pipeline: random weights with planted attention heads (see "

@@ -64,7 +64,7 @@ from headsparse.plugin.runtime import (
     routed_dispatch,
     routed_sdpa,
 )
-from headsparse.plugin.spec import ModelSpec, spec_for, supported_classes
+from headsparse.plugin.spec import ModelSpec, refusal_for, spec_for, supported_classes
 
 PIPELINE_TRANSFORMERS = ("transformer", "transformer_2")
 
@@ -93,6 +93,9 @@ def find_transformers(target: Any) -> dict[str, nn.Module]:
 
 
 def _check_supported(key: str, model: nn.Module) -> tuple[ModelSpec, list[tuple[str, nn.Module]]]:
+    refused = refusal_for(model)
+    if refused is not None:
+        raise TypeError(f"headsparse does not support {type(model).__name__} ({key}): {refused}")
     spec = spec_for(model)
     if spec is None:
         raise TypeError(
@@ -121,10 +124,16 @@ def _check_supported(key: str, model: nn.Module) -> tuple[ModelSpec, list[tuple[
     return spec, modules
 
 
+def _module_heads(module: nn.Module) -> int:
+    """A diffusers attention module's head count (``heads``; Kandinsky 5's modules call it ``num_heads``)."""
+    heads = getattr(module, "heads", None)
+    return int(heads if heads is not None else module.num_heads)
+
+
 def _heads_of(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> int:
     spec = spec_for(model)
     adapter = spec.adapter if spec is not None else None
-    counts = {adapter.num_heads(m) if adapter is not None else int(m.heads) for _, m in modules}
+    counts = {adapter.num_heads(m) if adapter is not None else _module_heads(m) for _, m in modules}
     if len(counts) != 1:
         raise TypeError(f"{type(model).__name__}: self-attention modules disagree on the head count: {sorted(counts)}")
     return counts.pop()

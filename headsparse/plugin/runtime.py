@@ -133,6 +133,7 @@ class TransformerState:
     backend: Backend = "auto"
     profile: bool = False
     grid: Grid | None = None
+    lead: int = 0  # non-grid tokens before the grid (spec.leading_tokens), moved behind it for the layout
     step: int = 0
     stats: list[LayerStats] = field(default_factory=list)
     hook: Any = None
@@ -176,6 +177,7 @@ def make_pre_hook(state: TransformerState) -> Callable[..., None]:
         except TypeError:
             bound = kwargs
         state.grid = state.spec.grid(module, bound)
+        state.lead = state.spec.leading_tokens(module, bound) if state.spec.leading_tokens is not None else 0
         state.step = state.tracker.observe(bound.get(state.spec.timestep_arg))
         expected = state.plan.grid
         if expected is not None and state.grid is not None and tuple(expected) != tuple(state.grid):
@@ -202,8 +204,13 @@ def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, dev
     return CACHE.get(("layer", heads, geometry, block, device), lambda: heads_layout(heads, geometry, block).to(device))
 
 
-def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:
-    """The mask as [B|1, S] when its shape says it only masks keys (same row for every query)."""
+def _key_mask_shape(mask: Any, batch: int, length: int) -> Tensor | None:
+    """The mask as [B|1, S] when its shape says it only masks keys (same row for every query).
+
+    None for anything else, including masks that are no tensors (Kandinsky 5's NABLA ``BlockMask``).
+    """
+    if not isinstance(mask, Tensor):
+        return None
     if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
         flat = mask[:, 0, 0]
     elif mask.dim() == 3 and mask.shape[1] == 1:
@@ -262,6 +269,58 @@ def frame_table(mask: Tensor, geometry: Geometry) -> tuple[tuple[bool, ...], ...
         if not bool((rows == table[f][None, :, None]).all()):
             return None
     return tuple(tuple(bool(x) for x in row) for row in table.cpu().tolist())
+
+
+def _is_pair_mask_shape(mask: Any, batch: int, length: int) -> bool:
+    """A bool (B|1, 1, S, S) mask: a candidate for :func:`_pair_padding`."""
+    return (isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1
+            and mask.shape[0] in (1, batch) and mask.shape[2] == mask.shape[3] == length)
+
+
+def _is_padding_shape(mask: Any, batch: int, length: int) -> bool:
+    """Whether the mask's shape allows a padding mask (a key mask or a pair mask); its values are checked later."""
+    return _key_mask_shape(mask, batch, length) is not None or _is_pair_mask_shape(mask, batch, length)
+
+
+def _pair_padding(mask: Any, batch: int, length: int) -> Tensor | None:
+    """bool [B, S] of valid tokens if ``mask`` is ``valid[:, None] & valid[None, :]`` per item, else None.
+
+    HunyuanVideo 1.5 masks padded text this way: padded tokens neither attend nor are attended.
+    """
+    if not _is_pair_mask_shape(mask, batch, length):
+        return None
+    pairs = mask[:, 0]
+    valid = pairs.diagonal(dim1=-2, dim2=-1)
+    if not torch.equal(pairs, valid[:, :, None] & valid[:, None, :]):
+        return None
+    return valid.expand(batch, length)
+
+
+def _padding(mask: Tensor, batch: int, length: int) -> tuple[Tensor | None, bool]:
+    """(valid tokens [B, S], whether padded queries attend nothing) of a padding mask; (None, False) otherwise.
+
+    A key mask (same row for every query) leaves padded queries attending the valid keys; a pair mask
+    (:func:`_pair_padding`) leaves them attending nothing.
+    """
+    valid = _key_padding(mask, batch, length)
+    if valid is not None:
+        return valid, False
+    valid = _pair_padding(mask, batch, length)
+    return valid, valid is not None
+
+
+def lead_order(lead: int, video: int, length: int, device: torch.device) -> Tensor:
+    """Positions that move ``lead`` leading tokens behind the ``video`` grid tokens that follow them."""
+    return torch.cat([torch.arange(lead, lead + video), torch.arange(lead), torch.arange(lead + video, length)]).to(
+        device)
+
+
+def _masked_dense(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, pair: bool, scale: float | None) -> Tensor:
+    """Dense attention on (B, H, S, D) under the padding mask ``valid`` describes (``pair``: both ways)."""
+    mask = valid[:, None, None, :]
+    if pair:
+        mask = mask & valid[:, None, :, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 _ROUTERS: dict[int, AttentionRouter] = {}
@@ -361,7 +420,7 @@ class AttentionRouter:
             or call.get("dropout_p") or call.get("is_causal") or call.get("enable_gqa")
             or q.shape[seq_dim] != k.shape[seq_dim]
             # Under context parallelism a mask covers this rank's keys only (diffusers gathers it): dense.
-            or (mask is not None and (cp is not None or (_key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None
+            or (mask is not None and (cp is not None or (not _is_padding_shape(mask, q.shape[0], q.shape[seq_dim])
                                                          and _square_mask(mask, q.shape[seq_dim]) is None)))
             or (torch.is_grad_enabled() and q.requires_grad)
         )
@@ -389,6 +448,10 @@ class AttentionRouter:
         """
         offset = ulysses_head_offset(cp, q.shape[2])
         geometry, _ = self._geometry(q)
+        if self.state.lead:
+            self.state.warn_once(f"layer {self.layer}: leading non-grid tokens under context parallelism are not "
+                                 "built; running dense")
+            return self._dense(q, k, v, None, scale)
         order = None if geometry is None else joint_order(geometry, int(cp.ulysses_degree))
         if order is None:
             if geometry is not None and geometry.text_len:
@@ -438,9 +501,12 @@ class AttentionRouter:
         state = self.state
         if state.observer is not None:
             geometry, _ = self._geometry(q, state.plan.num_heads)
-            valid = None if mask is None or geometry is None else _key_padding(mask, q.shape[0], geometry.seq_len)
+            valid = None if mask is None or geometry is None else _padding(mask, q.shape[0], geometry.seq_len)[0]
             if geometry is not None and (mask is None or (valid is not None and bool(valid.all()))):
                 qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
+                order = self._layout_order(geometry, q.device)
+                if order is not None:
+                    qh, kh, vh = (t[:, :, order] for t in (qh, kh, vh))
                 state.observer(self.layer, state.step, qh, kh, vh, geometry)
             return self._dense(q, k, v, mask, scale, backend)
         auto = state.auto_now(self.layer)
@@ -452,27 +518,28 @@ class AttentionRouter:
             state.warn_once(f"layer {self.layer}: running dense because {reason}")
             return self._dense(q, k, v, mask, scale, backend)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
-        valid = None
-        table = None
-        square = None if mask is None else _square_mask(mask, qh.shape[2])
-        if square is not None:
-            table = self._frame_table(mask, square, geometry)
-            if table is None:
-                state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a key mask "
-                                "nor frame-granular over a video-only sequence")
-                return self._dense(q, k, v, mask, scale)
-            if auto or any(getattr(p, "dynamic", False) for p in heads):
-                state.warn_once(f"layer {self.layer}: a frame-masked (e.g. block-causal) call runs static patterns "
-                                "only; recognition and dynamic patterns run dense here")
-                return self._dense(q, k, v, mask, scale)
-            heads = tuple(FrameMasked(inner=p, allowed=table) for p in heads)
-        elif mask is not None:
-            valid = _key_padding(mask, qh.shape[0], qh.shape[2])
+        valid, pair, table = None, False, None
+        if mask is not None:
+            valid, pair = _padding(mask, qh.shape[0], qh.shape[2])
             if valid is None:
-                state.warn_once(f"layer {self.layer}: running dense because its attention mask is not a key mask")
-                return self._dense(q, k, v, mask, scale, backend)
-            if bool(valid.all()):
+                square = _square_mask(mask, qh.shape[2])
+                table = None if square is None else self._frame_table(mask, square, geometry)
+                if table is None:
+                    state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a "
+                                    "padding mask nor frame-granular over a video-only sequence")
+                    return self._dense(q, k, v, mask, scale, backend)
+                if auto or any(getattr(p, "dynamic", False) for p in heads):
+                    state.warn_once(f"layer {self.layer}: a frame-masked (e.g. block-causal) call runs static "
+                                    "patterns only; recognition and dynamic patterns run dense here")
+                    return self._dense(q, k, v, mask, scale, backend)
+                heads = tuple(FrameMasked(inner=p, allowed=table) for p in heads)
+            elif bool(valid.all()):
                 valid = None
+        # Leading non-grid tokens (spec.leading_tokens) run behind the grid, in the suffix block.
+        order = self._layout_order(geometry, q.device)
+        if order is not None:
+            qh, kh, vh = (t[:, :, order] for t in (qh, kh, vh))
+            valid = None if valid is None else valid[:, order]
         if auto:
             if valid is not None:
                 state.warn_once(f"layer {self.layer}: recognition does not handle padded text; this call runs dense")
@@ -482,7 +549,9 @@ class AttentionRouter:
                 return self._dense(q, k, v, mask, scale, backend)
             out = sparse_attention(qh, kh, vh, decision.layout, scale=scale, backend=state.backend)
         else:
-            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale, dense_backend=backend)
+            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale, pair, dense_backend=backend)
+        if order is not None:
+            out = out[:, :, torch.argsort(order)]
         stats = state.stats[self.layer]
         stats.sparse_calls += 1
         stats.geometry = geometry
@@ -498,6 +567,11 @@ class AttentionRouter:
         table = frame_table(square, geometry)
         self.state.frame_mask = (weakref.ref(mask), geometry, table)
         return table
+
+    def _layout_order(self, geometry: Geometry, device: torch.device) -> Tensor | None:
+        """Token positions in the layout's order when leading tokens move behind the grid; None: the model's order."""
+        lead = self.state.lead
+        return None if not lead else lead_order(lead, geometry.video_len, geometry.seq_len, device)
 
     def _decide(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, scale: float | None) -> LayerDecision:
         """The layer's recognised decision: reused within ``every`` steps at the same geometry."""
@@ -538,6 +612,9 @@ class AttentionRouter:
         text = q.shape[seq_dim] - frames * height * width
         if text < 0:
             return None, f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {grid}"
+        if text < state.lead:
+            return None, (f"the sequence ({q.shape[seq_dim]}) is shorter than the grid {grid} and its "
+                          f"{state.lead} leading tokens")
         position = state.spec.text_position if text else "none"
         if text and position == "none":
             return None, f"{text} tokens beyond the video grid in a model whose self-attention has no text"
@@ -578,7 +655,11 @@ class AttentionRouter:
         return attention_by_head_groups(q, k, v, [(dense, run_dense), (rest, run_rest)])
 
     def _sparse(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
-                valid: Tensor | None, scale: float | None, dense_backend: str | None = None) -> Tensor:
+                valid: Tensor | None, scale: float | None, pair: bool = False,
+                dense_backend: str | None = None) -> Tensor:
+        """The layer's static or dynamic heads; ``valid``: tokens a padding mask keeps (``pair``: padded queries
+        attend nothing, as under :func:`_pair_padding`; else they attend the valid keys); ``dense_backend``: the
+        diffusers backend chosen for the heads left dense."""
         agent = any(isinstance(p, Agent) for p in heads)
         dynamic = any(getattr(p, "dynamic", False) for p in heads)  # agent and pooled heads
         mixed = 0 < sum(isinstance(p, Dense) for p in heads) < len(heads)
@@ -589,7 +670,7 @@ class AttentionRouter:
         if valid is not None and dynamic:
             kind = "agent attention" if agent else "dynamic patterns"
             self.state.warn_once(f"layer {self.layer}: {kind} with padded text is not built; running dense")
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+            return _masked_dense(q, k, v, valid, pair, scale)
         if agent:
             return self._split_heads(q, k, v, heads, geometry, scale)
         block = self.state.plan.block_size
@@ -610,7 +691,7 @@ class AttentionRouter:
             suffix_only = geometry.text_position == "suffix" and geometry.seq_len - n <= geometry.text_len
             if not suffix_only or not bool(valid[items, :n].all()):
                 self.state.warn_once(f"layer {self.layer}: padding mask is not a text suffix; this call runs dense")
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+                return _masked_dense(q, k, v, valid, pair, scale)
             text = geometry.text_len - (geometry.seq_len - n)
             position = geometry.text_position if text else "none"
             g = Geometry(geometry.frames, geometry.height, geometry.width, text, position)
@@ -619,6 +700,10 @@ class AttentionRouter:
             out[items, :, :n] = sparse_attention(qi[:, :, :n], ki[:, :, :n], vi[:, :, :n], layout, scale=scale,
                                                  backend=backend)
             if n < q.shape[2]:
-                rest = F.scaled_dot_product_attention(qi[:, :, n:], ki[:, :, :n], vi[:, :, :n], scale=scale)
+                if pair:  # padded queries attend nothing: whatever SDPA gives a fully masked row (zeros)
+                    none = torch.zeros(1, 1, q.shape[2] - n, q.shape[2], dtype=torch.bool, device=q.device)
+                    rest = F.scaled_dot_product_attention(qi[:, :, n:], ki, vi, attn_mask=none, scale=scale)
+                else:
+                    rest = F.scaled_dot_product_attention(qi[:, :, n:], ki[:, :, :n], vi[:, :, :n], scale=scale)
                 out[items, :, n:] = rest
         return out

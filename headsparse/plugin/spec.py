@@ -64,6 +64,14 @@ class ModelSpec:
     # Models whose layers run at several resolutions (UNets): a layer's grid from the model's grid and the
     # layer's sequence length (None: no level fits). None: every layer runs on the model's grid.
     layer_grid: Callable[[Grid, int], Grid | None] | None = None
+    # Tokens that are neither grid nor text but sit *before* the grid while the text is a suffix (FramePack's
+    # history latents): read per call like the grid. The router moves them behind the grid, where they join the
+    # suffix block and follow the joint-text rule (they attend and are attended densely). None: no such tokens.
+    leading_tokens: Callable[[nn.Module, Mapping[str, Any]], int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.leading_tokens is not None and self.text_position != "suffix":
+            raise ValueError(f"{self.class_name}: leading_tokens needs text_position='suffix' (they join the suffix)")
 
     def self_attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         pattern = re.compile(self.self_attention)
@@ -84,11 +92,28 @@ class ModelSpec:
 
 
 SPECS: dict[str, ModelSpec] = {}
+# Classes headsparse knows and refuses, with the reason (e.g. their self-attention has no softmax to sparsify).
+REFUSED: dict[str, str] = {}
 
 
 def register_spec(spec: ModelSpec) -> ModelSpec:
     SPECS[spec.class_name] = spec
     return spec
+
+
+def register_refusal(class_name: str, reason: str) -> None:
+    """Refuse ``class_name`` at patch time with ``reason`` (why it cannot be supported soundly)."""
+    REFUSED[class_name] = reason
+
+
+def refusal_for(model: nn.Module) -> str | None:
+    """Why the model's class (or its nearest refused base class) is refused; None when it is not."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in SPECS:
+            return None
+        if cls.__name__ in REFUSED:
+            return REFUSED[cls.__name__]
+    return None
 
 
 def spec_for(model: nn.Module) -> ModelSpec | None:
