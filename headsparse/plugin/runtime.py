@@ -112,6 +112,8 @@ class TransformerState:
     backend: Backend = "auto"
     profile: bool = False
     grid: Grid | None = None
+    # Non-grid tokens right after the grid in this call's sequence (ModelSpec.condition_tokens).
+    condition: int = 0
     step: int = 0
     stats: list[LayerStats] = field(default_factory=list)
     hook: Any = None
@@ -153,7 +155,12 @@ def make_pre_hook(state: TransformerState) -> Callable[..., None]:
         except TypeError:
             bound = kwargs
         state.grid = state.spec.grid(module, bound)
-        state.step = state.tracker.observe(bound.get(state.spec.timestep_arg))
+        counter = state.spec.condition_tokens
+        state.condition = counter(module, bound) if counter is not None and state.grid is not None else 0
+        timestep = bound.get(state.spec.timestep_arg)
+        if state.spec.timestep_rises and timestep is not None:
+            timestep = -(float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep))
+        state.step = state.tracker.observe(timestep)
         expected = state.plan.grid
         if expected is not None and state.grid is not None and tuple(expected) != tuple(state.grid):
             raise ValueError(
@@ -178,6 +185,48 @@ def dynamic_layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: 
 def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, device: str) -> Layout:
     """The multi-head Layout of a layer of static patterns on ``device`` (cached)."""
     return heads_layout(heads, geometry, block).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _condition_order(text: int, grid: int, condition: int, device: str) -> tuple[Tensor, Tensor]:
+    """(order, inverse): [text, grid, condition] -> [text, condition, grid] and back.
+
+    Condition tokens that follow a grid which follows the text leave non-grid tokens on both sides of
+    the grid; a layout sees them as one text prefix once they are moved before the grid.
+    """
+    order = torch.cat([torch.arange(text), torch.arange(text + grid, text + grid + condition),
+                       torch.arange(text, text + grid)])
+    return order.to(device), torch.argsort(order).to(device)
+
+
+def condition_order(geometry: Geometry, condition: int, device: str) -> tuple[Tensor, Tensor] | None:
+    """The token order a layout runs in when ``condition`` tokens follow the grid after a text prefix
+    (None: the model's own order already has every non-grid token on one side)."""
+    if not condition or geometry.text_position != "prefix":
+        return None
+    return _condition_order(geometry.text_len - condition, geometry.video_len, condition, device)
+
+
+def model_streams(geometry: Geometry, condition: int) -> Geometry:
+    """The call's two input streams as diffusers shards them under context parallelism: the text, and the
+    hidden states (grid + condition tokens), as a Geometry whose "video" is the whole hidden-state stream."""
+    if not condition:
+        return geometry
+    text = geometry.text_len - condition
+    return Geometry(1, 1, geometry.video_len + condition, text, geometry.text_position if text else "none")
+
+
+def padding_fits(keep: Tensor, geometry: Geometry) -> bool:
+    """Whether the padded tokens of an item (``keep`` False) are ones its geometry can drop: a tail of the
+    sequence (items packed to the longest one: Lumina 2, Z-Image) or text tokens (Qwen-Image, HunyuanVideo)."""
+    n = int(keep.sum())
+    if n < geometry.video_len:
+        return False
+    if bool(keep[:n].all()):
+        return True
+    pad = (~keep).nonzero().flatten()
+    start = geometry.video_start
+    return not bool(((pad >= start) & (pad < start + geometry.video_len)).any())
 
 
 def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:
@@ -270,10 +319,14 @@ class AttentionRouter:
             or call.get("dropout_p") or call.get("is_causal") or call.get("enable_gqa")
             or q.shape[seq_dim] != k.shape[seq_dim]
             # Under context parallelism a mask covers this rank's keys only (diffusers gathers it): dense.
-            or (mask is not None and (cp is not None or _key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None))
+            or (mask is not None and cp is not None)
             or (torch.is_grad_enabled() and q.requires_grad)
         )
         if static_dense:
+            return self.original(*args, **kwargs)
+        if mask is not None and _key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None:
+            self.state.warn_once(f"layer {self.layer}: running dense because its attention mask "
+                                 f"{tuple(mask.shape)} differs between queries (headsparse handles key masks)")
             return self.original(*args, **kwargs)
         scale = call.get("scale")
         if cp is not None:
@@ -295,10 +348,11 @@ class AttentionRouter:
         """
         offset = ulysses_head_offset(cp, q.shape[2])
         geometry, _ = self._geometry(q)
-        order = None if geometry is None else joint_order(geometry, int(cp.ulysses_degree))
+        streams = None if geometry is None else model_streams(geometry, self.state.condition)
+        order = None if streams is None else joint_order(streams, int(cp.ulysses_degree))
         if order is None:
-            if geometry is not None and geometry.text_len:
-                self.state.warn_once(f"layer {self.layer}: {geometry.text_len} text and {geometry.video_len} grid "
+            if streams is not None and streams.text_len:
+                self.state.warn_once(f"layer {self.layer}: {streams.text_len} text and {streams.video_len} grid "
                                      f"tokens do not split evenly over {cp.ulysses_degree} ranks; running dense")
                 return self._dense(q, k, v, None, scale)
             return routed_attention(q, k, v, None, scale, self.id, offset)
@@ -345,6 +399,9 @@ class AttentionRouter:
             valid = None if mask is None or geometry is None else _key_padding(mask, q.shape[0], geometry.seq_len)
             if geometry is not None and (mask is None or (valid is not None and bool(valid.all()))):
                 qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
+                order = condition_order(geometry, state.condition, str(q.device))
+                if order is not None:
+                    qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
                 state.observer(self.layer, state.step, qh, kh, vh, geometry)
             return self._dense(q, k, v, mask, scale)
         auto = state.auto_now(self.layer)
@@ -364,6 +421,11 @@ class AttentionRouter:
                 return self._dense(q, k, v, mask, scale)
             if bool(valid.all()):
                 valid = None
+        # Condition tokens after the grid (text first): the layout runs with them moved before the grid.
+        order = condition_order(geometry, state.condition, str(q.device))
+        if order is not None:
+            qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
+            valid = None if valid is None else valid.index_select(1, order[0])
         if auto:
             if valid is not None:
                 state.warn_once(f"layer {self.layer}: recognition does not handle padded text; this call runs dense")
@@ -374,6 +436,8 @@ class AttentionRouter:
             out = sparse_attention(qh, kh, vh, decision.layout, scale=scale, backend=state.backend)
         else:
             out = self._sparse(qh, kh, vh, heads, geometry, valid, scale)
+        if order is not None:
+            out = out.index_select(2, order[1])
         stats = state.stats[self.layer]
         stats.sparse_calls += 1
         stats.geometry = geometry
@@ -418,6 +482,9 @@ class AttentionRouter:
         text = q.shape[seq_dim] - frames * height * width
         if text < 0:
             return None, f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {grid}"
+        if state.condition > text:
+            return None, (f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {grid} and its "
+                          f"{state.condition} condition tokens")
         position = state.spec.text_position if text else "none"
         if text and position == "none":
             return None, f"{text} tokens beyond the video grid in a model whose self-attention has no text"
@@ -459,25 +526,34 @@ class AttentionRouter:
             else:
                 layout = layer_layout(heads, geometry, block, str(q.device))
             return sparse_attention(q, k, v, layout, scale=scale, backend=backend)
-        # Padded text keys (HunyuanVideo): each item runs on its valid prefix with the text shortened;
-        # the padded query rows attend the valid keys densely, as in the model.
+        # Padded keys (HunyuanVideo's and Qwen-Image's text, Lumina 2 / Z-Image items packed to the longest
+        # one): each item runs on its valid tokens, in order, which keep the model's token order with the text
+        # shortened; the padded query rows attend the valid keys densely, as in the model.
         out = torch.empty_like(q)
-        lengths = valid.sum(-1)
-        for n in lengths.unique().tolist():
-            items = (lengths == n).nonzero().flatten()
-            n = int(n)
-            suffix_only = geometry.text_position == "suffix" and geometry.seq_len - n <= geometry.text_len
-            if not suffix_only or not bool(valid[items, :n].all()):
-                self.state.warn_once(f"layer {self.layer}: padding mask is not a text suffix; this call runs dense")
+        rows, which = torch.unique(valid, dim=0, return_inverse=True)
+        for r in range(rows.shape[0]):
+            keep = rows[r]
+            if not padding_fits(keep, geometry):
+                self.state.warn_once(f"layer {self.layer}: its attention mask pads grid tokens; this call runs dense")
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
-            text = geometry.text_len - (geometry.seq_len - n)
-            position = geometry.text_position if text else "none"
-            g = Geometry(geometry.frames, geometry.height, geometry.width, text, position)
+            n = int(keep.sum())
+            text = n - geometry.video_len
+            g = Geometry(geometry.frames, geometry.height, geometry.width, text,
+                         geometry.text_position if text else "none")
             layout = layer_layout(heads, g, block, str(q.device))
+            items = (which == r).nonzero().flatten()
             qi, ki, vi = q[items], k[items], v[items]
-            out[items, :, :n] = sparse_attention(qi[:, :, :n], ki[:, :, :n], vi[:, :, :n], layout, scale=scale,
-                                                 backend=backend)
-            if n < q.shape[2]:
-                rest = F.scaled_dot_product_attention(qi[:, :, n:], ki[:, :, :n], vi[:, :, :n], scale=scale)
-                out[items, :, n:] = rest
+            if bool(keep[:n].all()):  # a valid prefix
+                out[items, :, :n] = sparse_attention(qi[:, :, :n], ki[:, :, :n], vi[:, :, :n], layout,
+                                                     scale=scale, backend=backend)
+                if n < q.shape[2]:
+                    out[items, :, n:] = F.scaled_dot_product_attention(qi[:, :, n:], ki[:, :, :n], vi[:, :, :n],
+                                                                       scale=scale)
+                continue
+            kept, pad = keep.nonzero().flatten(), (~keep).nonzero().flatten()
+            qk, kk, vk = (t.index_select(2, kept) for t in (qi, ki, vi))
+            oi = torch.empty_like(qi)
+            oi.index_copy_(2, kept, sparse_attention(qk, kk, vk, layout, scale=scale, backend=backend))
+            oi.index_copy_(2, pad, F.scaled_dot_product_attention(qi.index_select(2, pad), kk, vk, scale=scale))
+            out[items] = oi
         return out

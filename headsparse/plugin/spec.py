@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 Grid = tuple[int, int, int]
 GridReader = Callable[[nn.Module, Mapping[str, Any]], Grid | None]
+TokenCounter = Callable[[nn.Module, Mapping[str, Any]], int]
 
 
 class AttentionAdapter(Protocol):
@@ -64,6 +65,13 @@ class ModelSpec:
     # Models whose layers run at several resolutions (UNets): a layer's grid from the model's grid and the
     # layer's sequence length (None: no level fits). None: every layer runs on the model's grid.
     layer_grid: Callable[[Grid, int], Grid | None] | None = None
+    # Non-grid tokens that follow the grid in the sequence, read per call from the forward arguments like the
+    # grid (reference-image latents appended to the noisy ones: Qwen-Image-Edit, FLUX.2 editing). They follow
+    # the joint-text rule (attend and are attended densely). None: every non-grid token is text.
+    condition_tokens: TokenCounter | None = None
+    # The timestep argument rises as denoising proceeds (Lumina 2 and Z-Image are given 1 - sigma): the step
+    # tracker reads it negated, so that its "a larger value starts a new generation" rule still holds.
+    timestep_rises: bool = False
 
     def self_attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         pattern = re.compile(self.self_attention)
