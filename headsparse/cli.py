@@ -39,7 +39,9 @@ def _search_pipeline(args: argparse.Namespace):
     except GenerateError as exc:
         raise SearchError(str(exc)) from None
     pipe.set_progress_bar_config(disable=True)
-    defaults = {"height": preset.height, "width": preset.width, "guidance_scale": preset.guidance}
+    defaults: dict[str, object] = {"height": preset.height, "width": preset.width, preset.guidance_arg: preset.guidance}
+    if preset.negative_prompt is not None:
+        defaults["negative_prompt"] = preset.negative_prompt
     if preset.video:
         defaults["num_frames"] = preset.frames
     return pipe, defaults

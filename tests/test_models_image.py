@@ -6,7 +6,7 @@ restores the original processor objects; a sparse plan changes only self-attenti
 the token geometry in the model's real token order (with a pattern that keeps one token row and keeps text apart,
 changing one row of the latent changes that row of the output and nothing else, while the dense model spreads it
 everywhere); and the patched model equals the model whose self-attention is masked by the pattern's exact mask laid
-out in the model's token order, padding and condition tokens included. The inputs exercise each class's hardest
+out in the model's token order, padding and reference tokens included. The inputs exercise each class's hardest
 real case: padded text (Qwen-Image, Lumina 2), items packed to different lengths (Z-Image, Lumina 2), reference
 images after the grid (Qwen-Image-Edit, FLUX.2), and padded non-square latents (HiDream).
 """
@@ -36,11 +36,11 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "qwen_image": {"pad_text": 3, "reference": REFERENCE},
     "flux2": {"reference": REFERENCE},
     "z_image": {"captions": (40, 7)},  # 64 and 32 caption tokens after padding: packed under a key mask
-    "chroma": {},
+    "chroma": {"pad_text": 3, "mask": "float"},  # ChromaPipeline's mask: 0/1 floats over [text, image]
     "hidream": {},  # 3 x 5 is not square: the model pads the image tokens to 8 x 8
     "lumina2": {"pad_text": 3},
 }
-CONDITION = {"qwen_image": REFERENCE[0] * REFERENCE[1], "flux2": REFERENCE[0] * REFERENCE[1]}
+TRAILING = {"qwen_image": REFERENCE[0] * REFERENCE[1], "flux2": REFERENCE[0] * REFERENCE[1]}
 # Attention modules that are not self-attention over the image: text only.
 TEXT_ONLY = {"z_image": r"context_refiner\.\d+\.attention", "lumina2": r"context_refiner\.\d+\.attn"}
 # Keeps the query's token row; text (and every other non-grid token) only sees non-grid tokens.
@@ -157,14 +157,14 @@ def test_one_row_perturbation_isolates_rows_in_the_real_token_order(case: ImageC
     assert _rows_changed(case, delta) == [1], "another token row changed: the geometry is wrong"
 
 
-def _pattern_mask(pattern: Pattern, grid: int, condition: int, position: str, keep: torch.Tensor) -> torch.Tensor:
+def _pattern_mask(pattern: Pattern, grid: int, trail: int, position: str, keep: torch.Tensor) -> torch.Tensor:
     """bool [S, S] in the model's token order: the pattern's exact mask over the item's valid tokens, with
-    condition tokens counted as text (moved before the grid when the text comes first), padded queries
+    trailing (reference) tokens counted as text (moved before the grid when the text comes first), padded queries
     keeping every valid key and padded keys dropped. Written from the definitions, independently of runtime."""
     seq = keep.numel()
     idx = torch.arange(seq)
-    if condition and position == "prefix":  # [text, grid, condition] -> [text, condition, grid]
-        text = seq - grid - condition
+    if trail and position == "prefix":  # [text, grid, trailing] -> [text, trailing, grid]
+        text = seq - grid - trail
         order = torch.cat([idx[:text], idx[text + grid :], idx[text : text + grid]])
     else:
         order = idx
@@ -179,40 +179,57 @@ def _pattern_mask(pattern: Pattern, grid: int, condition: int, position: str, ke
 
 def _masked_attention(case: ImageCase, pattern: Pattern, style: str) -> Any:
     """An attention function that runs the pattern's exact mask (for ``rebind_processor``)."""
-    condition = CONDITION.get(case.name, 0)
+    trail = TRAILING.get(case.name, 0)
     position = case.text_position
 
     def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
         q, k, v = (t.transpose(1, 2) for t in (query, key, value)) if style == "dispatch" else (query, key, value)
         batch, _, seq, _ = q.shape
-        keep = torch.ones(batch, seq, dtype=torch.bool)
-        if attn_mask is not None:  # the classes' key masks: (B, 1, 1, S) bool
+        keep, pairs = torch.ones(batch, seq, dtype=torch.bool), None
+        if attn_mask is not None and attn_mask.shape[-2] == seq:  # Chroma's token mask m_i * m_j, (B, 1, S, S)
+            pairs = attn_mask[:, 0]
+            keep = pairs.bool().any(-2)
+        elif attn_mask is not None:  # the other classes' key masks: (B, 1, 1, S) bool
             keep = attn_mask.reshape(batch, seq).bool()
-        masks = torch.stack([_pattern_mask(pattern, ROWS * COLS, condition, position, keep[b]) for b in range(batch)])
+        masks = torch.stack([_pattern_mask(pattern, ROWS * COLS, trail, position, keep[b]) for b in range(batch)])
+        if pairs is not None and pairs.dtype == torch.bool:
+            masks = masks & pairs  # padded queries keep no key
+        elif pairs is not None:  # 0/1 added to the scores; padded keys are text, seen where text is
+            text = torch.arange(seq) < seq - ROWS * COLS
+            sees_text = text[:, None] if not pattern.text_dense else torch.ones(seq, 1, dtype=torch.bool)
+            masks = masks | (~keep[:, None, :] & sees_text[None]) | ~keep[:, :, None]
+            masks = torch.where(masks, pairs, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[:, None], scale=scale)
         return out.transpose(1, 2) if style == "dispatch" else out
 
     return attention
 
 
-def test_patched_model_equals_the_pattern_mask_in_the_model_token_order(case: ImageCase) -> None:
-    pattern = Neighborhood(kernel_size=(1, 3, 3))  # text dense: the joint-text rule
-    inputs = _inputs(case)
+def _run_masked(case: ImageCase, pattern: Pattern, inputs: dict) -> torch.Tensor:
+    """The model's output with every self-attention masked by ``pattern``'s exact mask."""
     originals = {name: case.model.get_submodule(name).processor for name in case.self_attention}
     fn = _masked_attention(case, pattern, case.attention_call)
     key = "dispatch" if case.attention_call == "dispatch" else "sdpa"
     try:
         for name, proc in originals.items():
             case.model.get_submodule(name).processor = rebind_processor(proc, **{key: fn})
-        expected = case.run(inputs)
+        return case.run(inputs)
     finally:
         for name, proc in originals.items():
             case.model.get_submodule(name).processor = proc
+
+
+def _check_equals_pattern_mask(case: ImageCase, pattern: Pattern, inputs: dict) -> None:
+    expected = _run_masked(case, pattern, inputs)
     with headsparse.patch(case.model, pattern=pattern, block_size=32, **EAGER) as handle:
         out = case.run(inputs)
         assert all(s.sparse_calls > 0 for s in handle.states["transformer"].stats)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
     assert not torch.allclose(out, case.run(inputs), atol=1e-4)  # the pattern is not dense
+
+
+def test_patched_model_equals_the_pattern_mask_in_the_model_token_order(case: ImageCase) -> None:
+    _check_equals_pattern_mask(case, Neighborhood(kernel_size=(1, 3, 3)), _inputs(case))  # text dense
 
 
 # ------------------------------------------------------------------------------------------------ per class
@@ -240,7 +257,7 @@ def test_padded_items_equal_their_unpadded_runs(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["qwen_image", "flux2"])
-def test_reference_image_tokens_are_condition_tokens(name: str) -> None:
+def test_reference_image_tokens_are_trailing_tokens(name: str) -> None:
     """Edit pipelines append reference latents after the noisy ones: they are not grid rows. Under a pattern that
     keeps text apart they reach no grid row (while the dense model spreads them everywhere), and the layers'
     geometry counts them with the text."""
@@ -253,8 +270,8 @@ def test_reference_image_tokens_are_condition_tokens(name: str) -> None:
     with headsparse.patch(case.model, pattern=ROW, **EAGER) as handle:
         delta = case.run(changed) - case.run(inputs)
         state = handle.states["transformer"]
-        assert state.grid == (1, ROWS, COLS) and state.condition == REFERENCE[0] * REFERENCE[1]
-        text = case.text_len + state.condition
+        assert state.grid == (1, ROWS, COLS) and state.trail == REFERENCE[0] * REFERENCE[1]
+        text = case.text_len + state.trail
         assert all(s.geometry == Geometry(1, ROWS, COLS, text, "prefix") for s in state.stats)
     assert _rows_changed(case, delta) == []
     assert delta[:, ROWS * COLS :].abs().max() > 1e-4  # the reference tokens' own outputs do change
@@ -279,7 +296,21 @@ def test_rising_timesteps_count_denoising_steps(name: str) -> None:
         assert torch.equal(at(0.1), dense[0.1]) and handle.step == 0  # back to noise: a new generation
 
 
-def test_hidream_square_latents_have_no_image_padding() -> None:
+@pytest.mark.parametrize("mask", ["float", "bool"])
+def test_chroma_token_masks(mask: str) -> None:
+    """ChromaPipeline masks padded text as queries and keys (m_i * m_j, (B, 1, S, S)); in diffusers 0.42.1 the
+    mask is 0/1 floats, which attention adds to the scores. Both that and a boolean mask run sparse, equal to the
+    pattern's mask combined with the model's, for text-dense and text-apart patterns."""
+    case = build("chroma")
+    inputs = _inputs(case, mask=mask)
+    assert torch.allclose(_run_masked(case, headsparse.patterns.Dense(), inputs), case.run(inputs), atol=2e-5)
+    for pattern in (Neighborhood(kernel_size=(1, 3, 3)), Neighborhood(kernel_size=(1, 3, 3), text_dense=False)):
+        _check_equals_pattern_mask(case, pattern, inputs)
+
+
+def test_hidream_image_padding_and_patchified_inputs() -> None:
+    """Square latents have no image padding; non-square ones are padded to max_resolution with zero keys that
+    join the text suffix; already patchified inputs read their grid from img_sizes; ``timesteps`` counts steps."""
     case = build("hidream")
     inputs = grid_inputs(case, 4, 4, batch=1)
     with headsparse.patch(case.model, pattern=ROW, **EAGER) as handle:
@@ -289,8 +320,26 @@ def test_hidream_square_latents_have_no_image_padding() -> None:
     assert [s.geometry for s in stats] == [Geometry(1, 4, 4, case.text_len, "suffix")] * 2
     inputs = grid_inputs(case, ROWS, COLS, batch=1)  # non-square: padded to 8 x 8 image tokens
     with headsparse.patch(case.model, pattern=ROW, **EAGER) as handle:
-        case.run(inputs)
+        out = case.run(inputs)
         assert handle.states["transformer"].stats[0].geometry.text_len == 64 - ROWS * COLS + case.text_len
+        assert handle.step == 0
+        # already patchified (what the model makes of a non-square latent): the grid comes from img_sizes
+        hidden, masks, sizes, ids = case.model.patchify(inputs["hidden_states"])
+        given = {**inputs, "hidden_states": hidden, "hidden_states_masks": masks, "img_sizes": sizes, "img_ids": ids,
+                 "timesteps": inputs["timesteps"] - 100}
+        again = case.run(given)
+        assert handle.states["transformer"].grid == (1, ROWS, COLS) and handle.step == 1  # timesteps: the step
+    with headsparse.patch(case.model, pattern=ROW, **EAGER):
+        torch.testing.assert_close(case.run(given), case.run({**inputs, "timesteps": given["timesteps"]}))
+    assert not torch.allclose(out, again)
+
+
+def test_trailing_tokens_need_a_text_prefix() -> None:
+    from headsparse.plugin.spec import ModelSpec
+
+    with pytest.raises(ValueError, match="trailing_tokens needs text_position='prefix'"):
+        ModelSpec("Model", "diffusers-image", r"attn", ("P",), "suffix", lambda m, a: None,
+                  trailing_tokens=lambda m, a: 0)
 
 
 def test_flux2_kv_cache_processors_are_refused_and_model_untouched() -> None:
@@ -305,15 +354,137 @@ def test_flux2_kv_cache_processors_are_refused_and_model_untouched() -> None:
     assert not headsparse.is_patched(case.model)
 
 
-def test_warns_and_runs_dense_when_no_grid_is_known(caplog: pytest.LogCaptureFixture) -> None:
-    """Z-Image items of different sizes have no single grid: dense, with a warning naming why."""
+@pytest.mark.parametrize("kind", ["sizes", "omni"])
+def test_z_image_without_a_single_grid_runs_dense_with_a_warning(kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Z-Image items of different sizes, and omni mode ([caption, several images, SigLIP] per item), have no single
+    token grid: every layer runs dense (bit-identical), with a warning naming why."""
     case = build("z_image")
-    inputs = grid_inputs(case, ROWS, COLS, batch=2)
-    inputs["x"] = [inputs["x"][0], torch.randn(4, 1, 2 * ROWS, 2 * (COLS + 1))]
-    with caplog.at_level(logging.WARNING, logger="headsparse"):
+    g = torch.Generator().manual_seed(0)
+    if kind == "sizes":
+        inputs = grid_inputs(case, ROWS, COLS, batch=2)
+        inputs["x"] = [inputs["x"][0], torch.randn(4, 1, 2 * ROWS, 2 * (COLS + 1), generator=g)]
+    else:  # one item: a condition image then the image being denoised, one caption each, no SigLIP features
+        images = [torch.randn(4, 1, 2 * ROWS, 2 * COLS, generator=g) for _ in range(2)]
+        captions = [torch.randn(n, 16, generator=g) for n in (7, 5)]
+        inputs = {"x": [images], "t": torch.tensor([0.3]), "cap_feats": [captions], "siglip_feats": [None],
+                  "image_noise_mask": [[0, 1]]}
+    with caplog.at_level(logging.WARNING, logger="headsparse"), torch.no_grad():
         ref = case.model(**inputs, return_dict=False)[0]
-        with headsparse.patch(case.model, pattern=ROW, **EAGER) as handle, torch.no_grad():
+        with headsparse.patch(case.model, pattern=ROW, **EAGER) as handle:
             out = case.model(**inputs, return_dict=False)[0]
             assert all(s.sparse_calls == 0 for s in handle.states["transformer"].stats)
     assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
     assert "token grid could not be read" in caplog.text
+
+
+# ------------------------------------------------------------------------------------ context parallelism
+CP_CLASSES = ("qwen_image", "flux2")  # the classes with a diffusers _cp_plan
+CP_GRID = (4, 4)  # 16 image tokens + 4 reference tokens: 10 per rank
+CP_TEXT = 6  # 3 per rank: diffusers splits each stream evenly
+
+
+def _cp_plan(model: torch.nn.Module) -> Any:
+    """Head 0: a 3x3 window; head 1: its token row. Text and reference tokens stay dense (the default)."""
+    from headsparse.plan import LayerPlan, ModelPlan, Phase
+
+    heads = (Neighborhood(kernel_size=(1, 3, 3)), Neighborhood(kernel_size=(1, 1, 4)))
+    names = [n for n, _ in SPECS[type(model).__name__].self_attention_modules(model)]
+    return ModelPlan(type(model).__name__, 2, tuple(LayerPlan(n, (Phase(0, heads),)) for n in names), block_size=32)
+
+
+def _cp_inputs(case: ImageCase) -> dict:
+    return grid_inputs(case, *CP_GRID, batch=1, reference=REFERENCE, text=CP_TEXT)
+
+
+def _settled(out: torch.Tensor) -> torch.Tensor:
+    """A plain copy of a (possibly still gathering) output of diffusers' context parallelism."""
+    return (out.wait() if hasattr(out, "wait") else out).clone()
+
+
+def _cp_worker(rank: int, port: int, out_dir: str) -> None:
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).parent))
+    torch.accelerator.device_count = lambda: 1  # diffusers divides the rank by it to pick a device
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        from diffusers import ContextParallelConfig
+
+        results: dict[str, Any] = {}
+        for name in CP_CLASSES:
+            case = build(name)
+            inputs = _cp_inputs(case)
+            case.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+            with headsparse.patch(case.model, _cp_plan(case.model), **EAGER) as handle:
+                results[name] = _settled(case.run(inputs))
+                results[f"{name}_sparse_calls"] = [s.sparse_calls for s in handle.states["transformer"].stats]
+                results[f"{name}_grid"] = (handle.states["transformer"].grid, handle.states["transformer"].trail)
+            results[f"{name}_dense"] = _settled(case.run(inputs))
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def cp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("cp_image")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_cp_worker, args=(port, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.parametrize("name", CP_CLASSES)
+def test_ulysses_context_parallelism_matches_one_process(name: str, cp_results: list[dict[str, Any]]) -> None:
+    """Two gloo processes (Ulysses degree 2) with joint text + image + reference tokens give the one-process
+    output of the same per-head plan, every layer sparse on both ranks."""
+    case = build(name)
+    inputs = _cp_inputs(case)
+    dense = case.run(inputs)
+    with headsparse.patch(case.model, _cp_plan(case.model), **EAGER):
+        ref = case.run(inputs)
+    assert (ref - dense).abs().max() > 1e-3  # the plan is not dense
+    for r in cp_results:
+        torch.testing.assert_close(r[name], ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r[f"{name}_dense"], dense, atol=1e-5, rtol=1e-5)
+        assert all(n > 0 for n in r[f"{name}_sparse_calls"]), r[f"{name}_sparse_calls"]
+        assert r[f"{name}_grid"] == ((1, *CP_GRID), REFERENCE[0] * REFERENCE[1])  # read from the unsplit inputs
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+PRESETS = {"qwenimage": "QwenImageTransformer2DModel", "flux2": "Flux2Transformer2DModel",
+           "zimage": "ZImageTransformer2DModel", "chroma": "ChromaTransformer2DModel",
+           "hidream": "HiDreamImageTransformer2DModel", "lumina2": "Lumina2Transformer2DModel"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_generate_presets_call_their_pipelines_with_real_arguments(name: str) -> None:
+    import inspect
+    from pathlib import Path
+
+    import diffusers
+
+    from headsparse.pipelines.generate import GenerateRequest, pipeline_call
+    from headsparse.pipelines.presets import preset_for
+
+    preset = preset_for(name)
+    assert preset.transformer == PRESETS[name] and preset.transformer in SPECS and not preset.video
+    pipeline = getattr(diffusers, preset.pipeline)
+    assert PRESETS[name] in str(inspect.signature(pipeline.__init__).parameters["transformer"].annotation)
+    call = pipeline_call(preset, GenerateRequest(name, "a cat", Path("unused")))
+    accepted = inspect.signature(pipeline.__call__).parameters
+    assert set(call) <= set(accepted), set(call) - set(accepted)
+    assert (call["height"], call["width"], call["num_inference_steps"]) == (preset.height, preset.width, preset.steps)
+    if name == "qwenimage":  # true CFG: the guidance goes to true_cfg_scale and needs a negative prompt
+        assert call["true_cfg_scale"] == 4.0 and call["negative_prompt"] == " " and "guidance_scale" not in call
+    else:
+        assert call["guidance_scale"] == preset.guidance

@@ -275,13 +275,14 @@ def pipeline_call(preset: Preset, request: GenerateRequest, steps: int | None = 
     call: dict[str, Any] = {
         "prompt": request.prompt, "num_inference_steps": steps or request.steps or preset.steps,
         "height": request.height or preset.height, "width": request.width or preset.width,
-        "guidance_scale": preset.guidance if request.guidance is None else request.guidance,
+        preset.guidance_arg: preset.guidance if request.guidance is None else request.guidance,
         "generator": torch.Generator("cpu").manual_seed(request.seed), "output_type": "np",
     }
     if preset.video:
         call["num_frames"] = request.frames or preset.frames
-    if request.negative_prompt is not None:
-        call["negative_prompt"] = request.negative_prompt
+    negative = preset.negative_prompt if request.negative_prompt is None else request.negative_prompt
+    if negative is not None:
+        call["negative_prompt"] = negative
     return call
 
 

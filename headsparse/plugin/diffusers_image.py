@@ -58,7 +58,7 @@ SD3 = register_spec(ModelSpec(
 # Token order inside self-attention (every class was checked in its diffusers 0.42.1 source):
 # - Qwen-Image ``transformer_blocks.N.attn`` (joint): [text, image, reference images]. ``img_shapes`` lists the
 #   (frames, rows, cols) of each image in ``hidden_states``: the first is the one being denoised (the grid), the
-#   rest are Qwen-Image-Edit's reference latents (condition tokens). Padded text is a key mask over the text.
+#   rest are Qwen-Image-Edit's reference latents (trailing tokens). Padded text is a key mask over the text.
 # - FLUX.2 ``transformer_blocks.N.attn`` / ``single_transformer_blocks.N.attn``: [text, image, reference images];
 #   ``img_ids`` (t, row, col, l): the grid is the leading run of tokens with the first t (references have t 10, 20..).
 # - Z-Image ``noise_refiner.N.attention``: [image, image padding]; ``layers.N.attention``: [image, image padding,
@@ -95,7 +95,7 @@ def _qwen_grid(model: nn.Module, args: Mapping[str, Any]) -> Grid | None:
     return None if images is None else images[0]
 
 
-def _qwen_condition(model: nn.Module, args: Mapping[str, Any]) -> int:
+def _qwen_references(model: nn.Module, args: Mapping[str, Any]) -> int:
     images = _qwen_images(model, args) or []
     return sum(f * h * w for f, h, w in images[1:])
 
@@ -131,7 +131,7 @@ def _flux2_grid(model: nn.Module, args: Mapping[str, Any]) -> Grid | None:
     return None if found is None else found[0]
 
 
-def _flux2_condition(model: nn.Module, args: Mapping[str, Any]) -> int:
+def _flux2_references(model: nn.Module, args: Mapping[str, Any]) -> int:
     found = _flux2_images(args)
     return 0 if found is None else found[1]
 
@@ -172,13 +172,13 @@ def _lumina2_grid(model: nn.Module, args: Mapping[str, Any]) -> Grid | None:
 
 QWEN_IMAGE = register_spec(ModelSpec(
     "QwenImageTransformer2DModel", "diffusers-image", r"transformer_blocks\.\d+\.attn",
-    ("QwenDoubleStreamAttnProcessor2_0",), "prefix", _qwen_grid, condition_tokens=_qwen_condition,
+    ("QwenDoubleStreamAttnProcessor2_0",), "prefix", _qwen_grid, trailing_tokens=_qwen_references,
     notes="text, image, then reference images (edit); padded text masked",
 ))
 FLUX2 = register_spec(ModelSpec(
     "Flux2Transformer2DModel", "diffusers-image", r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn",
     ("Flux2AttnProcessor", "Flux2ParallelSelfAttnProcessor"), "prefix", _flux2_grid,
-    condition_tokens=_flux2_condition, notes="text, image, then reference images (edit); the KV-cache "
+    trailing_tokens=_flux2_references, notes="text, image, then reference images (edit); the KV-cache "
     "processors of FLUX.2 klein KV are not patched",
 ))
 Z_IMAGE = register_spec(ModelSpec(

@@ -112,8 +112,7 @@ class TransformerState:
     backend: Backend = "auto"
     profile: bool = False
     grid: Grid | None = None
-    # Non-grid tokens right after the grid in this call's sequence (ModelSpec.condition_tokens).
-    condition: int = 0
+    trail: int = 0  # non-grid tokens after the grid (spec.trailing_tokens), moved before it for the layout
     step: int = 0
     stats: list[LayerStats] = field(default_factory=list)
     hook: Any = None
@@ -155,8 +154,8 @@ def make_pre_hook(state: TransformerState) -> Callable[..., None]:
         except TypeError:
             bound = kwargs
         state.grid = state.spec.grid(module, bound)
-        counter = state.spec.condition_tokens
-        state.condition = counter(module, bound) if counter is not None and state.grid is not None else 0
+        counter = state.spec.trailing_tokens
+        state.trail = counter(module, bound) if counter is not None and state.grid is not None else 0
         timestep = bound.get(state.spec.timestep_arg)
         if state.spec.timestep_rises and timestep is not None:
             timestep = -(float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep))
@@ -188,32 +187,32 @@ def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, dev
 
 
 @functools.lru_cache(maxsize=64)
-def _condition_order(text: int, grid: int, condition: int, device: str) -> tuple[Tensor, Tensor]:
-    """(order, inverse): [text, grid, condition] -> [text, condition, grid] and back.
+def _trail_order(text: int, grid: int, trail: int, device: str) -> tuple[Tensor, Tensor]:
+    """(order, inverse): [text, grid, trailing] -> [text, trailing, grid] and back.
 
-    Condition tokens that follow a grid which follows the text leave non-grid tokens on both sides of
-    the grid; a layout sees them as one text prefix once they are moved before the grid.
+    Trailing tokens after a grid that follows the text leave non-grid tokens on both sides of the grid; a
+    layout sees them as one text prefix once they are moved before the grid.
     """
-    order = torch.cat([torch.arange(text), torch.arange(text + grid, text + grid + condition),
+    order = torch.cat([torch.arange(text), torch.arange(text + grid, text + grid + trail),
                        torch.arange(text, text + grid)])
     return order.to(device), torch.argsort(order).to(device)
 
 
-def condition_order(geometry: Geometry, condition: int, device: str) -> tuple[Tensor, Tensor] | None:
-    """The token order a layout runs in when ``condition`` tokens follow the grid after a text prefix
+def trail_order(geometry: Geometry, trail: int, device: str) -> tuple[Tensor, Tensor] | None:
+    """(order, inverse) of the layout's token order when ``trail`` tokens follow the grid after a text prefix
     (None: the model's own order already has every non-grid token on one side)."""
-    if not condition or geometry.text_position != "prefix":
+    if not trail or geometry.text_position != "prefix":
         return None
-    return _condition_order(geometry.text_len - condition, geometry.video_len, condition, device)
+    return _trail_order(geometry.text_len - trail, geometry.video_len, trail, device)
 
 
-def model_streams(geometry: Geometry, condition: int) -> Geometry:
+def model_streams(geometry: Geometry, trail: int) -> Geometry:
     """The call's two input streams as diffusers shards them under context parallelism: the text, and the
-    hidden states (grid + condition tokens), as a Geometry whose "video" is the whole hidden-state stream."""
-    if not condition:
+    hidden states (grid + trailing tokens), as a Geometry whose "video" is the whole hidden-state stream."""
+    if not trail:
         return geometry
-    text = geometry.text_len - condition
-    return Geometry(1, 1, geometry.video_len + condition, text, geometry.text_position if text else "none")
+    text = geometry.text_len - trail
+    return Geometry(1, 1, geometry.video_len + trail, text, geometry.text_position if text else "none")
 
 
 def padding_fits(keep: Tensor, geometry: Geometry) -> bool:
@@ -242,6 +241,64 @@ def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:
     if flat.shape[-1] != length or flat.shape[0] not in (1, batch):
         return None
     return flat
+
+
+def _square_mask_shape(mask: Tensor, batch: int, length: int) -> bool:
+    """Whether the mask is one [S, S] mask per item ([B|1, 1, S, S]), the shape of a token mask."""
+    return mask.dim() == 4 and mask.shape[1] == 1 and tuple(mask.shape[2:]) == (length, length) and \
+        mask.shape[0] in (1, batch)
+
+
+def _token_mask(mask: Tensor, batch: int, length: int) -> tuple[Tensor, str] | None:
+    """(valid [B, S], kind) when ``mask`` is a token mask applied to queries and keys alike, ``m_i * m_j``
+    (ChromaPipeline's): kind "bool", or "additive" for 0/1 floats, which attention adds to the scores (valid
+    pairs score one more than pairs with a padded token). None for any other mask."""
+    if not _square_mask_shape(mask, batch, length):
+        return None
+    pairs = mask[:, 0]
+    if pairs.dtype == torch.bool:
+        valid = pairs.any(-2)
+        if not torch.equal(pairs, valid[:, :, None] & valid[:, None, :]):
+            return None
+        return valid.expand(batch, length), "bool"
+    if not pairs.is_floating_point() or not bool(((pairs == 0) | (pairs == 1)).all()):
+        return None
+    valid = pairs.amax(-2) == 1
+    ones = valid.to(pairs.dtype)
+    if not torch.equal(pairs, ones[:, :, None] * ones[:, None, :]):
+        return None
+    return valid.expand(batch, length), "additive"
+
+
+def _rebuilt_mask(valid: Tensor, kind: str | None, dtype: torch.dtype) -> Tensor:
+    """The [B, 1, S|1, S] mask ``valid`` stands for: a key mask (kind None) or a token mask."""
+    if kind is None:
+        return valid[:, None, None, :]
+    if kind == "bool":
+        return (valid[:, :, None] & valid[:, None, :])[:, None]
+    ones = valid.to(dtype)
+    return (ones[:, :, None] * ones[:, None, :])[:, None]
+
+
+def _with_padded_keys(out: Tensor, lse: Tensor, q: Tensor, k_pad: Tensor, v_pad: Tensor,
+                      heads: tuple[Pattern, ...], geometry: Geometry, scale: float | None) -> Tensor:
+    """The valid queries' attention (``out``, ``lse`` over the valid keys) merged by log-sum-exp with the padded
+    keys of an additive 0/1 token mask, which score one less. Padded keys are text: a head's queries see them
+    where its pattern lets them see text (every query under ``text_dense``, else the text queries)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    text_rows = geometry.coords(torch.arange(geometry.seq_len, device=q.device))[3]
+    merged = torch.empty_like(out)
+    for h, pattern in enumerate(heads):
+        scores = (q[:, h] @ k_pad[:, h].transpose(-1, -2)).float() * scale - 1.0
+        if not pattern.text_dense:
+            scores = scores.masked_fill(~text_rows[None, :, None], float("-inf"))
+        lse_pad = torch.logsumexp(scores, -1)
+        out_pad = torch.softmax(scores, -1).nan_to_num(0.0) @ v_pad[:, h].float()
+        top = torch.maximum(lse[:, h], lse_pad)
+        w_kept, w_pad = (lse[:, h] - top).exp(), (lse_pad - top).exp().nan_to_num(0.0)
+        total = (out[:, h].float() * w_kept[..., None] + out_pad * w_pad[..., None]) / (w_kept + w_pad)[..., None]
+        merged[:, h] = total.to(out.dtype)
+    return merged
 
 
 def _key_padding(mask: Tensor, batch: int, length: int) -> Tensor | None:
@@ -324,9 +381,12 @@ class AttentionRouter:
         )
         if static_dense:
             return self.original(*args, **kwargs)
-        if mask is not None and _key_mask_shape(mask, q.shape[0], q.shape[seq_dim]) is None:
+        length = q.shape[seq_dim]
+        if mask is not None and _key_mask_shape(mask, q.shape[0], length) is None and \
+                not _square_mask_shape(mask, q.shape[0], length):
             self.state.warn_once(f"layer {self.layer}: running dense because its attention mask "
-                                 f"{tuple(mask.shape)} differs between queries (headsparse handles key masks)")
+                                 f"{tuple(mask.shape)} differs between queries (headsparse handles key masks and "
+                                 "token masks)")
             return self.original(*args, **kwargs)
         scale = call.get("scale")
         if cp is not None:
@@ -348,7 +408,7 @@ class AttentionRouter:
         """
         offset = ulysses_head_offset(cp, q.shape[2])
         geometry, _ = self._geometry(q)
-        streams = None if geometry is None else model_streams(geometry, self.state.condition)
+        streams = None if geometry is None else model_streams(geometry, self.state.trail)
         order = None if streams is None else joint_order(streams, int(cp.ulysses_degree))
         if order is None:
             if streams is not None and streams.text_len:
@@ -399,7 +459,7 @@ class AttentionRouter:
             valid = None if mask is None or geometry is None else _key_padding(mask, q.shape[0], geometry.seq_len)
             if geometry is not None and (mask is None or (valid is not None and bool(valid.all()))):
                 qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
-                order = condition_order(geometry, state.condition, str(q.device))
+                order = trail_order(geometry, state.trail, str(q.device))
                 if order is not None:
                     qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
                 state.observer(self.layer, state.step, qh, kh, vh, geometry)
@@ -413,16 +473,20 @@ class AttentionRouter:
             state.warn_once(f"layer {self.layer}: running dense because {reason}")
             return self._dense(q, k, v, mask, scale)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
-        valid = None
+        valid, kind = None, None
         if mask is not None:
             valid = _key_padding(mask, qh.shape[0], qh.shape[2])
             if valid is None:
-                state.warn_once(f"layer {self.layer}: running dense because its attention mask is not a key mask")
-                return self._dense(q, k, v, mask, scale)
+                found = _token_mask(mask, qh.shape[0], qh.shape[2])
+                if found is None:
+                    state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a key "
+                                    "mask nor a token mask")
+                    return self._dense(q, k, v, mask, scale)
+                valid, kind = found
             if bool(valid.all()):
-                valid = None
-        # Condition tokens after the grid (text first): the layout runs with them moved before the grid.
-        order = condition_order(geometry, state.condition, str(q.device))
+                valid, kind = None, None
+        # Trailing tokens (spec.trailing_tokens) run before the grid, in the prefix block.
+        order = trail_order(geometry, state.trail, str(q.device))
         if order is not None:
             qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
             valid = None if valid is None else valid.index_select(1, order[0])
@@ -435,7 +499,7 @@ class AttentionRouter:
                 return self._dense(q, k, v, mask, scale)
             out = sparse_attention(qh, kh, vh, decision.layout, scale=scale, backend=state.backend)
         else:
-            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale)
+            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale, kind)
         if order is not None:
             out = out.index_select(2, order[1])
         stats = state.stats[self.layer]
@@ -482,9 +546,9 @@ class AttentionRouter:
         text = q.shape[seq_dim] - frames * height * width
         if text < 0:
             return None, f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {grid}"
-        if state.condition > text:
-            return None, (f"the sequence ({q.shape[seq_dim]}) is shorter than the token grid {grid} and its "
-                          f"{state.condition} condition tokens")
+        if state.trail > text:
+            return None, (f"the sequence ({q.shape[seq_dim]}) is shorter than the grid {grid} and its "
+                          f"{state.trail} trailing tokens")
         position = state.spec.text_position if text else "none"
         if text and position == "none":
             return None, f"{text} tokens beyond the video grid in a model whose self-attention has no text"
@@ -509,13 +573,16 @@ class AttentionRouter:
         return attention_by_head_groups(q, k, v, [(idx, executor(p, idx)) for p, idx in groups.items()])
 
     def _sparse(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
-                valid: Tensor | None, scale: float | None) -> Tensor:
+                valid: Tensor | None, scale: float | None, kind: str | None = None) -> Tensor:
+        """``valid``: bool [B, S], False on padded tokens; ``kind``: None when only keys are masked, "bool" or
+        "additive" for a token mask (see ``_token_mask``)."""
         agent = any(isinstance(p, Agent) for p in heads)
         dynamic = any(getattr(p, "dynamic", False) for p in heads)  # agent and pooled heads
         if valid is not None and dynamic:
-            kind = "agent attention" if agent else "dynamic patterns"
-            self.state.warn_once(f"layer {self.layer}: {kind} with padded text is not built; running dense")
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
+            what = "agent attention" if agent else "dynamic patterns"
+            self.state.warn_once(f"layer {self.layer}: {what} with padded text is not built; running dense")
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_rebuilt_mask(valid, kind, q.dtype),
+                                                  scale=scale)
         if agent:
             return self._split_heads(q, k, v, heads, geometry, scale)
         block = self.state.plan.block_size
@@ -526,34 +593,45 @@ class AttentionRouter:
             else:
                 layout = layer_layout(heads, geometry, block, str(q.device))
             return sparse_attention(q, k, v, layout, scale=scale, backend=backend)
-        # Padded keys (HunyuanVideo's and Qwen-Image's text, Lumina 2 / Z-Image items packed to the longest
-        # one): each item runs on its valid tokens, in order, which keep the model's token order with the text
-        # shortened; the padded query rows attend the valid keys densely, as in the model.
+        # Padded tokens (HunyuanVideo's and Qwen-Image's text, Lumina 2 / Z-Image items packed to the longest
+        # one, Chroma's text): each item runs on its valid tokens, in order, which keep the model's token order
+        # with the text shortened. Padded query rows are computed as the model computes them: under a key mask
+        # they attend the valid keys densely; under a token mask they keep no key ("bool") or attend every key
+        # alike ("additive"), whose valid queries also see the padded keys, one unit lower.
         out = torch.empty_like(q)
         rows, which = torch.unique(valid, dim=0, return_inverse=True)
         for r in range(rows.shape[0]):
             keep = rows[r]
             if not padding_fits(keep, geometry):
                 self.state.warn_once(f"layer {self.layer}: its attention mask pads grid tokens; this call runs dense")
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], scale=scale)
-            n = int(keep.sum())
-            text = n - geometry.video_len
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=_rebuilt_mask(valid, kind, q.dtype),
+                                                      scale=scale)
+            text = int(keep.sum()) - geometry.video_len
             g = Geometry(geometry.frames, geometry.height, geometry.width, text,
                          geometry.text_position if text else "none")
             layout = layer_layout(heads, g, block, str(q.device))
             items = (which == r).nonzero().flatten()
-            qi, ki, vi = q[items], k[items], v[items]
-            if bool(keep[:n].all()):  # a valid prefix
-                out[items, :, :n] = sparse_attention(qi[:, :, :n], ki[:, :, :n], vi[:, :, :n], layout,
-                                                     scale=scale, backend=backend)
-                if n < q.shape[2]:
-                    out[items, :, n:] = F.scaled_dot_product_attention(qi[:, :, n:], ki[:, :, :n], vi[:, :, :n],
-                                                                       scale=scale)
-                continue
             kept, pad = keep.nonzero().flatten(), (~keep).nonzero().flatten()
+            qi, ki, vi = q[items], k[items], v[items]
             qk, kk, vk = (t.index_select(2, kept) for t in (qi, ki, vi))
             oi = torch.empty_like(qi)
-            oi.index_copy_(2, kept, sparse_attention(qk, kk, vk, layout, scale=scale, backend=backend))
-            oi.index_copy_(2, pad, F.scaled_dot_product_attention(qi.index_select(2, pad), kk, vk, scale=scale))
+            if kind == "additive" and pad.numel():
+                o, lse = sparse_attention(qk, kk, vk, layout, scale=scale, backend=backend, return_lse=True)
+                o = _with_padded_keys(o, lse, qk, ki.index_select(2, pad), vi.index_select(2, pad), heads, g, scale)
+            else:
+                o = sparse_attention(qk, kk, vk, layout, scale=scale, backend=backend)
+            oi.index_copy_(2, kept, o)
+            if not pad.numel():
+                out[items] = oi
+                continue
+            qp = qi.index_select(2, pad)
+            if kind is None:
+                rest = F.scaled_dot_product_attention(qp, kk, vk, scale=scale)
+            elif kind == "bool":
+                none = torch.zeros(1, 1, pad.numel(), ki.shape[2], dtype=torch.bool, device=q.device)
+                rest = F.scaled_dot_product_attention(qp, ki, vi, attn_mask=none, scale=scale)
+            else:
+                rest = F.scaled_dot_product_attention(qp, ki, vi, scale=scale)
+            oi.index_copy_(2, pad, rest)
             out[items] = oi
         return out

@@ -65,13 +65,18 @@ class ModelSpec:
     # Models whose layers run at several resolutions (UNets): a layer's grid from the model's grid and the
     # layer's sequence length (None: no level fits). None: every layer runs on the model's grid.
     layer_grid: Callable[[Grid, int], Grid | None] | None = None
-    # Non-grid tokens that follow the grid in the sequence, read per call from the forward arguments like the
-    # grid (reference-image latents appended to the noisy ones: Qwen-Image-Edit, FLUX.2 editing). They follow
-    # the joint-text rule (attend and are attended densely). None: every non-grid token is text.
-    condition_tokens: TokenCounter | None = None
+    # Tokens that are neither grid nor text but sit *after* the grid while the text is a prefix (the reference
+    # latents Qwen-Image-Edit and FLUX.2 editing append to the noisy ones): read per call like the grid. The router
+    # moves them before the grid, where they join the prefix block and follow the joint-text rule (they attend
+    # and are attended densely). None: no such tokens.
+    trailing_tokens: TokenCounter | None = None
     # The timestep argument rises as denoising proceeds (Lumina 2 and Z-Image are given 1 - sigma): the step
     # tracker reads it negated, so that its "a larger value starts a new generation" rule still holds.
     timestep_rises: bool = False
+
+    def __post_init__(self) -> None:
+        if self.trailing_tokens is not None and self.text_position != "prefix":
+            raise ValueError(f"{self.class_name}: trailing_tokens needs text_position='prefix' (they join the prefix)")
 
     def self_attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         pattern = re.compile(self.self_attention)
