@@ -308,6 +308,25 @@ def test_chroma_token_masks(mask: str) -> None:
         _check_equals_pattern_mask(case, pattern, inputs)
 
 
+def test_search_calibrates_padded_items_on_their_valid_tokens() -> None:
+    """ChromaPipeline masks every call (prompts are padded to 512 tokens): calibration observes each padded item on
+    its valid tokens, where its layout applies, so a search through Chroma finds a plan."""
+    from headsparse.search import CostModel
+
+    case = build("chroma")
+    inputs = _inputs(case)  # item 1 keeps 5 of its 7 text tokens
+    seen: list[Geometry] = []
+    handle = headsparse.patch(case.model, pattern="dense")
+    handle.states["transformer"].observer = lambda layer, step, q, k, v, g: seen.append((q.shape[0], g))
+    case.run(inputs)
+    handle.unpatch()
+    text = {g.text_len for _, g in seen}
+    assert text == {case.text_len, case.text_len - 2} and all(b == 1 for b, _ in seen)
+    plan = headsparse.search(case.model, lambda: case.run(inputs), budget=0.05, cost_model=CostModel("blocks"),
+                             block_size=32, progress=False)
+    assert len(plan.transformers["transformer"].layers) == len(case.self_attention)
+
+
 def test_hidream_image_padding_and_patchified_inputs() -> None:
     """Square latents have no image padding; non-square ones are padded to max_resolution with zero keys that
     join the text suffix; already patchified inputs read their grid from img_sizes; ``timesteps`` counts steps."""

@@ -228,6 +228,39 @@ def padding_fits(keep: Tensor, geometry: Geometry) -> bool:
     return not bool(((pad >= start) & (pad < start + geometry.video_len)).any())
 
 
+def padding_groups(valid: Tensor, geometry: Geometry) -> list[tuple[Tensor, Tensor, Tensor, Geometry]] | None:
+    """Items with the same padding, as (items, kept tokens, padded tokens, the geometry of the kept tokens).
+
+    The kept tokens keep the model's token order with the text shortened. None when some item's padding does not
+    fit its geometry (:func:`padding_fits`).
+    """
+    groups = []
+    rows, which = torch.unique(valid, dim=0, return_inverse=True)
+    for r in range(rows.shape[0]):
+        keep = rows[r]
+        if not padding_fits(keep, geometry):
+            return None
+        text = int(keep.sum()) - geometry.video_len
+        g = Geometry(geometry.frames, geometry.height, geometry.width, text, geometry.text_position if text else "none")
+        groups.append(((which == r).nonzero().flatten(), keep.nonzero().flatten(), (~keep).nonzero().flatten(), g))
+    return groups
+
+
+def _padding_of(mask: Tensor | None, batch: int, length: int) -> tuple[Tensor | None, str | None] | None:
+    """(valid [B, S] or None when nothing is padded, kind) of a key mask (kind None) or a token mask (kind "bool" /
+    "additive", see :func:`_token_mask`); None for any other mask."""
+    if mask is None:
+        return None, None
+    valid = _key_padding(mask, batch, length)
+    kind = None
+    if valid is None:
+        found = _token_mask(mask, batch, length)
+        if found is None:
+            return None
+        valid, kind = found
+    return (None, None) if bool(valid.all()) else (valid, kind)
+
+
 def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:
     """The mask as [B|1, S] when its shape says it only masks keys (same row for every query)."""
     if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
@@ -455,14 +488,7 @@ class AttentionRouter:
                head_offset: int | None) -> Tensor:
         state = self.state
         if state.observer is not None:
-            geometry, _ = self._geometry(q, state.plan.num_heads)
-            valid = None if mask is None or geometry is None else _key_padding(mask, q.shape[0], geometry.seq_len)
-            if geometry is not None and (mask is None or (valid is not None and bool(valid.all()))):
-                qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
-                order = trail_order(geometry, state.trail, str(q.device))
-                if order is not None:
-                    qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
-                state.observer(self.layer, state.step, qh, kh, vh, geometry)
+            self._observe(q, k, v, mask)
             return self._dense(q, k, v, mask, scale)
         auto = state.auto_now(self.layer)
         heads = self._heads(auto, q.shape[2 if self.style == "dispatch" else 1], head_offset)
@@ -473,18 +499,12 @@ class AttentionRouter:
             state.warn_once(f"layer {self.layer}: running dense because {reason}")
             return self._dense(q, k, v, mask, scale)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
-        valid, kind = None, None
-        if mask is not None:
-            valid = _key_padding(mask, qh.shape[0], qh.shape[2])
-            if valid is None:
-                found = _token_mask(mask, qh.shape[0], qh.shape[2])
-                if found is None:
-                    state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a key "
-                                    "mask nor a token mask")
-                    return self._dense(q, k, v, mask, scale)
-                valid, kind = found
-            if bool(valid.all()):
-                valid, kind = None, None
+        padding = _padding_of(mask, qh.shape[0], qh.shape[2])
+        if padding is None:
+            state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a key mask nor "
+                            "a token mask")
+            return self._dense(q, k, v, mask, scale)
+        valid, kind = padding
         # Trailing tokens (spec.trailing_tokens) run before the grid, in the prefix block.
         order = trail_order(geometry, state.trail, str(q.device))
         if order is not None:
@@ -506,6 +526,28 @@ class AttentionRouter:
         stats.sparse_calls += 1
         stats.geometry = geometry
         return out.transpose(1, 2) if self.style == "dispatch" else out
+
+    def _observe(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+        """Calibration: hand the call's q/k/v (B, H, S, D) in the layout's token order to the observer; a padded
+        item is observed on its valid tokens, where its layout applies."""
+        state = self.state
+        geometry, _ = self._geometry(q, state.plan.num_heads)
+        if geometry is None:
+            return
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
+        padding = _padding_of(mask, qh.shape[0], qh.shape[2])
+        if padding is None:
+            return
+        valid = padding[0]
+        order = trail_order(geometry, state.trail, str(q.device))
+        if order is not None:
+            qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
+            valid = None if valid is None else valid.index_select(1, order[0])
+        if valid is None:
+            state.observer(self.layer, state.step, qh, kh, vh, geometry)
+            return
+        for items, kept, _, g in padding_groups(valid, geometry) or ():
+            state.observer(self.layer, state.step, *(t[items].index_select(2, kept) for t in (qh, kh, vh)), g)
 
     def _decide(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, scale: float | None) -> LayerDecision:
         """The layer's recognised decision: reused within ``every`` steps at the same geometry."""
@@ -598,25 +640,20 @@ class AttentionRouter:
         # with the text shortened. Padded query rows are computed as the model computes them: under a key mask
         # they attend the valid keys densely; under a token mask they keep no key ("bool") or attend every key
         # alike ("additive"), whose valid queries also see the padded keys, one unit lower.
+        groups = padding_groups(valid, geometry)
+        if groups is None:
+            self.state.warn_once(f"layer {self.layer}: its attention mask pads grid tokens; this call runs dense")
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_rebuilt_mask(valid, kind, q.dtype), scale=scale)
         out = torch.empty_like(q)
-        rows, which = torch.unique(valid, dim=0, return_inverse=True)
-        for r in range(rows.shape[0]):
-            keep = rows[r]
-            if not padding_fits(keep, geometry):
-                self.state.warn_once(f"layer {self.layer}: its attention mask pads grid tokens; this call runs dense")
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=_rebuilt_mask(valid, kind, q.dtype),
-                                                      scale=scale)
-            text = int(keep.sum()) - geometry.video_len
-            g = Geometry(geometry.frames, geometry.height, geometry.width, text,
-                         geometry.text_position if text else "none")
+        for items, kept, pad, g in groups:
             layout = layer_layout(heads, g, block, str(q.device))
-            items = (which == r).nonzero().flatten()
-            kept, pad = keep.nonzero().flatten(), (~keep).nonzero().flatten()
             qi, ki, vi = q[items], k[items], v[items]
             qk, kk, vk = (t.index_select(2, kept) for t in (qi, ki, vi))
             oi = torch.empty_like(qi)
             if kind == "additive" and pad.numel():
-                o, lse = sparse_attention(qk, kk, vk, layout, scale=scale, backend=backend, return_lse=True)
+                # the executors that return the log-sum-exp: triton, masked ("auto" picks one of them)
+                with_lse = backend if backend in ("triton", "masked") else "auto"
+                o, lse = sparse_attention(qk, kk, vk, layout, scale=scale, backend=with_lse, return_lse=True)
                 o = _with_padded_keys(o, lse, qk, ki.index_select(2, pad), vi.index_select(2, pad), heads, g, scale)
             else:
                 o = sparse_attention(qk, kk, vk, layout, scale=scale, backend=backend)
