@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODES = ("unpatched", "dense", "spatial")
+MODES = ("unpatched", "dense", "spatial", "neighborhood")
+DEFAULT_MODES = ("unpatched", "dense", "spatial")
 ENV_MODE, ENV_CLASSES, ENV_REPORT = "HEADSPARSE_SUITE_MODE", "HEADSPARSE_SUITE_CLASSES", "HEADSPARSE_SUITE_REPORT"
 
 
@@ -109,6 +110,8 @@ class TestKandinsky5TransformerTraining(Kandinsky5TransformerTesterConfig, Train
 PATTERNS: dict[str, dict[str, Any]] = {
     "dense": {"pattern": "dense"},
     "spatial": {"pattern": "spatial", "first_frame_sink": False, "block_size": 32},
+    # For image models, whose single frame makes ``spatial`` keep every key: a 3 x 3 window really runs sparse.
+    "neighborhood": {"pattern": "neighborhood", "kernel_size": (1, 3, 3), "block_size": 32},
 }
 
 TRANSFORMERS = "tests/models/transformers"
@@ -119,6 +122,12 @@ SUITES: dict[str, Suite] = {
                          ("WanAnimateTransformer3DModel",)),
     "skyreels_v2": Suite(f"{TRANSFORMERS}/test_models_transformer_skyreels_v2.py",
                          ("SkyReelsV2Transformer3DModel",)),
+    "qwenimage": Suite(f"{TRANSFORMERS}/test_models_transformer_qwenimage.py", ("QwenImageTransformer2DModel",)),
+    "flux2": Suite(f"{TRANSFORMERS}/test_models_transformer_flux2.py", ("Flux2Transformer2DModel",)),
+    "z_image": Suite(f"{TRANSFORMERS}/test_models_transformer_z_image.py", ("ZImageTransformer2DModel",)),
+    "chroma": Suite(f"{TRANSFORMERS}/test_models_transformer_chroma.py", ("ChromaTransformer2DModel",)),
+    "hidream": Suite(f"{TRANSFORMERS}/test_models_transformer_hidream.py", ("HiDreamImageTransformer2DModel",)),
+    "lumina2": Suite(f"{TRANSFORMERS}/test_models_transformer_lumina2.py", ("Lumina2Transformer2DModel",)),
     "hunyuan_video15": Suite(f"{TRANSFORMERS}/test_models_transformer_hunyuan_1_5.py",
                              ("HunyuanVideo15Transformer3DModel",)),
     "framepack": Suite(f"{TRANSFORMERS}/test_models_transformer_hunyuan_video_framepack.py",
@@ -229,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"one or more of: {', '.join(sorted(SUITES))}")
     parser.add_argument("--all", action="store_true", help="every suite listed")
     parser.add_argument("--root", type=Path, required=True, help="folder holding diffusers' extracted tests/")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
+                        help="neighborhood: a 3x3 window, for image models whose one frame spatial keeps whole")
     parser.add_argument("--pytest-args", nargs="*", default=[], help="passed on to pytest")
     args = parser.parse_args(argv)
     names = sorted(SUITES) if args.all else args.suites

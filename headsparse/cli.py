@@ -45,6 +45,8 @@ def _search_pipeline(args: argparse.Namespace):
     defaults: dict[str, object] = {"height": preset.height, "width": preset.width}
     if preset.guidance_arg is not None:
         defaults[preset.guidance_arg] = preset.guidance
+    if preset.negative_prompt is not None:
+        defaults["negative_prompt"] = preset.negative_prompt
     if preset.video:
         defaults["num_frames"] = preset.frames
     defaults.update(preset.call_kwargs)

@@ -55,3 +55,22 @@ def launch_config(device: torch.device, head_dim: int, dtype: torch.dtype, block
         return min(block_m, 64), min(block_n, 64), 4, 1
     major, minor = torch.cuda.get_device_capability(device)
     return config_for(10 * major + minor, head_dim, block_m, block_n).astuple()
+
+
+HEAD_DIMS = (64, 128)  # the head dims of the supported models (others round up to the next power of two)
+DTYPES = ("fp16", "bf16")
+
+
+def shipped_configs(archs: tuple[int, ...] | None = None, *, quick: bool = False):
+    """(arch, dtype, head dim, config, with log-sum-exp, with a key order) for every config the launcher can
+    pick: each architecture x head dim x dtype, plus the log-sum-exp and key-order variants of the largest
+    head dim. ``quick``: one dtype (the variants do not change tiles or stages)."""
+    dtypes = DTYPES[-1:] if quick else DTYPES
+    for arch in archs or tuple(ARCHITECTURES):
+        for head_dim in HEAD_DIMS:
+            config = config_for(arch, head_dim, 128, 128)
+            for dtype in dtypes:
+                yield arch, dtype, head_dim, config, False, False
+        config = config_for(arch, HEAD_DIMS[-1], 128, 128)
+        yield arch, DTYPES[-1], HEAD_DIMS[-1], config, True, False
+        yield arch, DTYPES[-1], HEAD_DIMS[-1], config, False, True

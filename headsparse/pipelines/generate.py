@@ -282,8 +282,9 @@ def pipeline_call(preset: Preset, request: GenerateRequest, steps: int | None = 
         call[preset.guidance_arg] = preset.guidance if request.guidance is None else request.guidance
     if preset.video:
         call["num_frames"] = request.frames or preset.frames
-    if request.negative_prompt is not None:
-        call["negative_prompt"] = request.negative_prompt
+    negative = preset.negative_prompt if request.negative_prompt is None else request.negative_prompt
+    if negative is not None:
+        call["negative_prompt"] = negative
     call.update(preset.call_kwargs)
     if request.image is not None:
         call["image"] = load_image(request.image)

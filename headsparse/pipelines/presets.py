@@ -37,12 +37,14 @@ class Preset:
     mode: str = "auto"  # default headsparse mode: "auto", or a pattern name
     pattern_params: dict[str, Any] = field(default_factory=dict)
     vae_float32: bool = False  # load the VAE in float32 (Wan's recommendation)
+    negative_prompt: str | None = None  # used when the request gives none (Qwen-Image's true CFG needs one)
     notes: str = ""
     weights: str | None = None  # an embedded model: its folder under headsparse/pipelines/weights
     # Further pipeline arguments the model's documentation sets (e.g. SkyReels-V2's ar_step).
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     needs_image: bool = False  # an image-to-video pipeline: generate needs --image (the first frame)
-    # The pipeline's call argument for the guidance scale; None where a guider component holds it (HunyuanVideo 1.5).
+    # The pipeline's call argument for the guidance scale (Qwen-Image: true_cfg_scale); None where a guider
+    # component holds it (HunyuanVideo 1.5).
     guidance_arg: str | None = "guidance_scale"
 
     def weights_folder(self) -> Path | None:
@@ -111,6 +113,26 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers", True, "bfloat16", 24, 121, 512, 768, 50, 5.0,
            notes="Kandinsky 5.0 T2V Lite 5 s (regular attention; NABLA checkpoints run their own sparse attention, "
                  "which headsparse leaves alone)"),
+    # Image families: defaults from each pipeline's documentation and call defaults.
+    Preset("qwenimage", "QwenImagePipeline", "QwenImageTransformer2DModel", "Qwen/Qwen-Image", False, "bfloat16",
+           0, 1, 1328, 1328, 50, 4.0, dense_steps=0.25, guidance_arg="true_cfg_scale", negative_prompt=" ",
+           notes="Qwen-Image (20B): true CFG 4.0 with a blank negative prompt, 1328x1328 (1:1); enable --cpu-offload "
+                 "below 80 GB. Qwen-Image-Edit's reference latents are patched too (QwenImageEditPipeline)"),
+    Preset("flux2", "Flux2Pipeline", "Flux2Transformer2DModel", "black-forest-labs/FLUX.2-dev", False, "bfloat16",
+           0, 1, 1024, 1024, 50, 4.0, dense_steps=0.25,
+           notes="FLUX.2 dev (32B, guidance-distilled); enable --cpu-offload below 80 GB; reference images of "
+                 "editing are patched too"),
+    Preset("zimage", "ZImagePipeline", "ZImageTransformer2DModel", "Tongyi-MAI/Z-Image-Turbo", False, "bfloat16",
+           0, 1, 1024, 1024, 8, 0.0, dense_steps=0.25,
+           notes="Z-Image Turbo (6B, distilled: 8 steps, no CFG)"),
+    Preset("chroma", "ChromaPipeline", "ChromaTransformer2DModel", "lodestones/Chroma1-HD", False, "bfloat16",
+           0, 1, 1024, 1024, 35, 5.0, dense_steps=0.25, notes="Chroma1-HD (8.9B)"),
+    Preset("hidream", "HiDreamImagePipeline", "HiDreamImageTransformer2DModel", "HiDream-ai/HiDream-I1-Full", False,
+           "bfloat16", 0, 1, 1024, 1024, 50, 5.0, dense_steps=0.25,
+           notes="HiDream-I1 Full (17B); the local folder must also hold tokenizer_4 / text_encoder_4 "
+                 "(Llama 3.1 8B Instruct), which the hub repo does not; enable --cpu-offload below 80 GB"),
+    Preset("lumina2", "Lumina2Pipeline", "Lumina2Transformer2DModel", "Alpha-VLLM/Lumina-Image-2.0", False,
+           "bfloat16", 0, 1, 1024, 1024, 30, 4.0, dense_steps=0.25, notes="Lumina Image 2.0 (2.6B)"),
     Preset("tiny", "WanPipeline", "WanTransformer3DModel", "(embedded; built offline)", True, "float32",
            8, 17, 96, 160, 5, 1.0, dense_steps=1, dense_layers=0,
            notes="the embedded tiny Wan pipeline: random weights with planted attention heads (see "

@@ -134,6 +134,7 @@ class TransformerState:
     profile: bool = False
     grid: Grid | None = None
     lead: int = 0  # non-grid tokens before the grid (spec.leading_tokens), moved behind it for the layout
+    trail: int = 0  # non-grid tokens after the grid (spec.trailing_tokens), moved before it for the layout
     step: int = 0
     stats: list[LayerStats] = field(default_factory=list)
     hook: Any = None
@@ -178,7 +179,12 @@ def make_pre_hook(state: TransformerState) -> Callable[..., None]:
             bound = kwargs
         state.grid = state.spec.grid(module, bound)
         state.lead = state.spec.leading_tokens(module, bound) if state.spec.leading_tokens is not None else 0
-        state.step = state.tracker.observe(bound.get(state.spec.timestep_arg))
+        counter = state.spec.trailing_tokens
+        state.trail = counter(module, bound) if counter is not None and state.grid is not None else 0
+        timestep = bound.get(state.spec.timestep_arg)
+        if state.spec.timestep_rises and timestep is not None:
+            timestep = -(float(timestep.flatten()[0]) if isinstance(timestep, Tensor) else float(timestep))
+        state.step = state.tracker.observe(timestep)
         expected = state.plan.grid
         if expected is not None and state.grid is not None and tuple(expected) != tuple(state.grid):
             raise ValueError(
@@ -204,13 +210,83 @@ def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, dev
     return CACHE.get(("layer", heads, geometry, block, device), lambda: heads_layout(heads, geometry, block).to(device))
 
 
-def _key_mask_shape(mask: Any, batch: int, length: int) -> Tensor | None:
-    """The mask as [B|1, S] when its shape says it only masks keys (same row for every query).
+@functools.lru_cache(maxsize=64)
+def _trail_order(text: int, grid: int, trail: int, device: str) -> tuple[Tensor, Tensor]:
+    """(order, inverse): [text, grid, trailing] -> [text, trailing, grid] and back.
 
-    None for anything else, including masks that are no tensors (Kandinsky 5's NABLA ``BlockMask``).
+    Trailing tokens after a grid that follows the text leave non-grid tokens on both sides of the grid; a
+    layout sees them as one text prefix once they are moved before the grid.
     """
-    if not isinstance(mask, Tensor):
+    order = torch.cat([torch.arange(text), torch.arange(text + grid, text + grid + trail),
+                       torch.arange(text, text + grid)])
+    return order.to(device), torch.argsort(order).to(device)
+
+
+def trail_order(geometry: Geometry, trail: int, device: str) -> tuple[Tensor, Tensor] | None:
+    """(order, inverse) of the layout's token order when ``trail`` tokens follow the grid after a text prefix
+    (None: the model's own order already has every non-grid token on one side)."""
+    if not trail or geometry.text_position != "prefix":
         return None
+    return _trail_order(geometry.text_len - trail, geometry.video_len, trail, device)
+
+
+def model_streams(geometry: Geometry, trail: int) -> Geometry:
+    """The call's two input streams as diffusers shards them under context parallelism: the text, and the
+    hidden states (grid + trailing tokens), as a Geometry whose "video" is the whole hidden-state stream."""
+    if not trail:
+        return geometry
+    text = geometry.text_len - trail
+    return Geometry(1, 1, geometry.video_len + trail, text, geometry.text_position if text else "none")
+
+
+def padding_fits(keep: Tensor, geometry: Geometry) -> bool:
+    """Whether the padded tokens of an item (``keep`` False) are ones its geometry can drop: a tail of the
+    sequence (items packed to the longest one: Lumina 2, Z-Image) or text tokens (Qwen-Image, HunyuanVideo)."""
+    n = int(keep.sum())
+    if n < geometry.video_len:
+        return False
+    if bool(keep[:n].all()):
+        return True
+    pad = (~keep).nonzero().flatten()
+    start = geometry.video_start
+    return not bool(((pad >= start) & (pad < start + geometry.video_len)).any())
+
+
+def padding_groups(valid: Tensor, geometry: Geometry) -> list[tuple[Tensor, Tensor, Tensor, Geometry]] | None:
+    """Items with the same padding, as (items, kept tokens, padded tokens, the geometry of the kept tokens).
+
+    The kept tokens keep the model's token order with the text shortened. None when some item's padding does not
+    fit its geometry (:func:`padding_fits`).
+    """
+    groups = []
+    rows, which = torch.unique(valid, dim=0, return_inverse=True)
+    for r in range(rows.shape[0]):
+        keep = rows[r]
+        if not padding_fits(keep, geometry):
+            return None
+        text = int(keep.sum()) - geometry.video_len
+        g = Geometry(geometry.frames, geometry.height, geometry.width, text, geometry.text_position if text else "none")
+        groups.append(((which == r).nonzero().flatten(), keep.nonzero().flatten(), (~keep).nonzero().flatten(), g))
+    return groups
+
+
+def _padding_of(mask: Tensor | None, batch: int, length: int) -> tuple[Tensor | None, str | None] | None:
+    """(valid [B, S] or None when nothing is padded, kind) of a key mask (kind None) or a token mask (kind "bool" /
+    "additive", see :func:`_token_mask`); None for any other mask."""
+    if mask is None:
+        return None, None
+    valid = _key_padding(mask, batch, length)
+    kind = None
+    if valid is None:
+        found = _token_mask(mask, batch, length)
+        if found is None:
+            return None
+        valid, kind = found
+    return (None, None) if bool(valid.all()) else (valid, kind)
+
+
+def _key_mask_shape(mask: Tensor, batch: int, length: int) -> Tensor | None:
+    """The mask as [B|1, S] when its shape says it only masks keys (same row for every query)."""
     if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
         flat = mask[:, 0, 0]
     elif mask.dim() == 3 and mask.shape[1] == 1:
@@ -222,6 +298,64 @@ def _key_mask_shape(mask: Any, batch: int, length: int) -> Tensor | None:
     if flat.shape[-1] != length or flat.shape[0] not in (1, batch):
         return None
     return flat
+
+
+def _square_mask_shape(mask: Tensor, batch: int, length: int) -> bool:
+    """Whether the mask is one [S, S] mask per item ([B|1, 1, S, S]), the shape of a token mask."""
+    return mask.dim() == 4 and mask.shape[1] == 1 and tuple(mask.shape[2:]) == (length, length) and \
+        mask.shape[0] in (1, batch)
+
+
+def _token_mask(mask: Tensor, batch: int, length: int) -> tuple[Tensor, str] | None:
+    """(valid [B, S], kind) when ``mask`` is a token mask applied to queries and keys alike, ``m_i * m_j``
+    (ChromaPipeline's): kind "bool", or "additive" for 0/1 floats, which attention adds to the scores (valid
+    pairs score one more than pairs with a padded token). None for any other mask."""
+    if not _square_mask_shape(mask, batch, length):
+        return None
+    pairs = mask[:, 0]
+    if pairs.dtype == torch.bool:
+        valid = pairs.any(-2)
+        if not torch.equal(pairs, valid[:, :, None] & valid[:, None, :]):
+            return None
+        return valid.expand(batch, length), "bool"
+    if not pairs.is_floating_point() or not bool(((pairs == 0) | (pairs == 1)).all()):
+        return None
+    valid = pairs.amax(-2) == 1
+    ones = valid.to(pairs.dtype)
+    if not torch.equal(pairs, ones[:, :, None] * ones[:, None, :]):
+        return None
+    return valid.expand(batch, length), "additive"
+
+
+def _rebuilt_mask(valid: Tensor, kind: str | None, dtype: torch.dtype) -> Tensor:
+    """The [B, 1, S|1, S] mask ``valid`` stands for: a key mask (kind None) or a token mask."""
+    if kind is None:
+        return valid[:, None, None, :]
+    if kind == "bool":
+        return (valid[:, :, None] & valid[:, None, :])[:, None]
+    ones = valid.to(dtype)
+    return (ones[:, :, None] * ones[:, None, :])[:, None]
+
+
+def _with_padded_keys(out: Tensor, lse: Tensor, q: Tensor, k_pad: Tensor, v_pad: Tensor,
+                      heads: tuple[Pattern, ...], geometry: Geometry, scale: float | None) -> Tensor:
+    """The valid queries' attention (``out``, ``lse`` over the valid keys) merged by log-sum-exp with the padded
+    keys of an additive 0/1 token mask, which score one less. Padded keys are text: a head's queries see them
+    where its pattern lets them see text (every query under ``text_dense``, else the text queries)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    text_rows = geometry.coords(torch.arange(geometry.seq_len, device=q.device))[3]
+    merged = torch.empty_like(out)
+    for h, pattern in enumerate(heads):
+        scores = (q[:, h] @ k_pad[:, h].transpose(-1, -2)).float() * scale - 1.0
+        if not pattern.text_dense:
+            scores = scores.masked_fill(~text_rows[None, :, None], float("-inf"))
+        lse_pad = torch.logsumexp(scores, -1)
+        out_pad = torch.softmax(scores, -1).nan_to_num(0.0) @ v_pad[:, h].float()
+        top = torch.maximum(lse[:, h], lse_pad)
+        w_kept, w_pad = (lse[:, h] - top).exp(), (lse_pad - top).exp().nan_to_num(0.0)
+        total = (out[:, h].float() * w_kept[..., None] + out_pad * w_pad[..., None]) / (w_kept + w_pad)[..., None]
+        merged[:, h] = total.to(out.dtype)
+    return merged
 
 
 def _key_padding(mask: Tensor, batch: int, length: int) -> Tensor | None:
@@ -271,56 +405,10 @@ def frame_table(mask: Tensor, geometry: Geometry) -> tuple[tuple[bool, ...], ...
     return tuple(tuple(bool(x) for x in row) for row in table.cpu().tolist())
 
 
-def _is_pair_mask_shape(mask: Any, batch: int, length: int) -> bool:
-    """A bool (B|1, 1, S, S) mask: a candidate for :func:`_pair_padding`."""
-    return (isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1
-            and mask.shape[0] in (1, batch) and mask.shape[2] == mask.shape[3] == length)
-
-
-def _is_padding_shape(mask: Any, batch: int, length: int) -> bool:
-    """Whether the mask's shape allows a padding mask (a key mask or a pair mask); its values are checked later."""
-    return _key_mask_shape(mask, batch, length) is not None or _is_pair_mask_shape(mask, batch, length)
-
-
-def _pair_padding(mask: Any, batch: int, length: int) -> Tensor | None:
-    """bool [B, S] of valid tokens if ``mask`` is ``valid[:, None] & valid[None, :]`` per item, else None.
-
-    HunyuanVideo 1.5 masks padded text this way: padded tokens neither attend nor are attended.
-    """
-    if not _is_pair_mask_shape(mask, batch, length):
-        return None
-    pairs = mask[:, 0]
-    valid = pairs.diagonal(dim1=-2, dim2=-1)
-    if not torch.equal(pairs, valid[:, :, None] & valid[:, None, :]):
-        return None
-    return valid.expand(batch, length)
-
-
-def _padding(mask: Tensor, batch: int, length: int) -> tuple[Tensor | None, bool]:
-    """(valid tokens [B, S], whether padded queries attend nothing) of a padding mask; (None, False) otherwise.
-
-    A key mask (same row for every query) leaves padded queries attending the valid keys; a pair mask
-    (:func:`_pair_padding`) leaves them attending nothing.
-    """
-    valid = _key_padding(mask, batch, length)
-    if valid is not None:
-        return valid, False
-    valid = _pair_padding(mask, batch, length)
-    return valid, valid is not None
-
-
 def lead_order(lead: int, video: int, length: int, device: torch.device) -> Tensor:
     """Positions that move ``lead`` leading tokens behind the ``video`` grid tokens that follow them."""
     return torch.cat([torch.arange(lead, lead + video), torch.arange(lead), torch.arange(lead + video, length)]).to(
         device)
-
-
-def _masked_dense(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, pair: bool, scale: float | None) -> Tensor:
-    """Dense attention on (B, H, S, D) under the padding mask ``valid`` describes (``pair``: both ways)."""
-    mask = valid[:, None, None, :]
-    if pair:
-        mask = mask & valid[:, None, :, None]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 _ROUTERS: dict[int, AttentionRouter] = {}
@@ -420,11 +508,17 @@ class AttentionRouter:
             or call.get("dropout_p") or call.get("is_causal") or call.get("enable_gqa")
             or q.shape[seq_dim] != k.shape[seq_dim]
             # Under context parallelism a mask covers this rank's keys only (diffusers gathers it): dense.
-            or (mask is not None and (cp is not None or (not _is_padding_shape(mask, q.shape[0], q.shape[seq_dim])
-                                                         and _square_mask(mask, q.shape[seq_dim]) is None)))
+            or (mask is not None and cp is not None)
             or (torch.is_grad_enabled() and q.requires_grad)
         )
         if static_dense:
+            return self.original(*args, **kwargs)
+        length = q.shape[seq_dim]
+        if mask is not None and _key_mask_shape(mask, q.shape[0], length) is None and \
+                not _square_mask_shape(mask, q.shape[0], length):
+            self.state.warn_once(f"layer {self.layer}: running dense because its attention mask "
+                                 f"{tuple(mask.shape)} differs between queries (headsparse handles key masks and "
+                                 "token masks)")
             return self.original(*args, **kwargs)
         scale = call.get("scale")
         backend = _backend_name(call.get("backend"))
@@ -451,11 +545,12 @@ class AttentionRouter:
         if self.state.lead:
             self.state.warn_once(f"layer {self.layer}: leading non-grid tokens under context parallelism are not "
                                  "built; running dense")
-            return self._dense(q, k, v, None, scale)
-        order = None if geometry is None else joint_order(geometry, int(cp.ulysses_degree))
+            return self._dense(q, k, v, None, scale, backend)
+        streams = None if geometry is None else model_streams(geometry, self.state.trail)
+        order = None if streams is None else joint_order(streams, int(cp.ulysses_degree))
         if order is None:
-            if geometry is not None and geometry.text_len:
-                self.state.warn_once(f"layer {self.layer}: {geometry.text_len} text and {geometry.video_len} grid "
+            if streams is not None and streams.text_len:
+                self.state.warn_once(f"layer {self.layer}: {streams.text_len} text and {streams.video_len} grid "
                                      f"tokens do not split evenly over {cp.ulysses_degree} ranks; running dense")
                 return self._dense(q, k, v, None, scale, backend)
             return routed_attention(q, k, v, None, scale, self.key, offset, backend)
@@ -500,14 +595,7 @@ class AttentionRouter:
                head_offset: int | None, backend: str | None = None) -> Tensor:
         state = self.state
         if state.observer is not None:
-            geometry, _ = self._geometry(q, state.plan.num_heads)
-            valid = None if mask is None or geometry is None else _padding(mask, q.shape[0], geometry.seq_len)[0]
-            if geometry is not None and (mask is None or (valid is not None and bool(valid.all()))):
-                qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
-                order = self._layout_order(geometry, q.device)
-                if order is not None:
-                    qh, kh, vh = (t[:, :, order] for t in (qh, kh, vh))
-                state.observer(self.layer, state.step, qh, kh, vh, geometry)
+            self._observe(q, k, v, mask)
             return self._dense(q, k, v, mask, scale, backend)
         auto = state.auto_now(self.layer)
         heads = self._heads(auto, q.shape[2 if self.style == "dispatch" else 1], head_offset)
@@ -518,28 +606,27 @@ class AttentionRouter:
             state.warn_once(f"layer {self.layer}: running dense because {reason}")
             return self._dense(q, k, v, mask, scale, backend)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
-        valid, pair, table = None, False, None
-        if mask is not None:
-            valid, pair = _padding(mask, qh.shape[0], qh.shape[2])
-            if valid is None:
-                square = _square_mask(mask, qh.shape[2])
-                table = None if square is None else self._frame_table(mask, square, geometry)
-                if table is None:
-                    state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a "
-                                    "padding mask nor frame-granular over a video-only sequence")
-                    return self._dense(q, k, v, mask, scale, backend)
-                if auto or any(getattr(p, "dynamic", False) for p in heads):
-                    state.warn_once(f"layer {self.layer}: a frame-masked (e.g. block-causal) call runs static "
-                                    "patterns only; recognition and dynamic patterns run dense here")
-                    return self._dense(q, k, v, mask, scale, backend)
-                heads = tuple(FrameMasked(inner=p, allowed=table) for p in heads)
-            elif bool(valid.all()):
-                valid = None
-        # Leading non-grid tokens (spec.leading_tokens) run behind the grid, in the suffix block.
-        order = self._layout_order(geometry, q.device)
+        padding = _padding_of(mask, qh.shape[0], qh.shape[2])
+        valid, kind, table = None, None, None
+        if padding is not None:
+            valid, kind = padding
+        else:
+            square = _square_mask(mask, qh.shape[2])
+            table = None if square is None else self._frame_table(mask, square, geometry)
+            if table is None:
+                state.warn_once(f"layer {self.layer}: running dense because its attention mask is neither a key mask, "
+                                "a token mask nor frame-granular over a video-only sequence")
+                return self._dense(q, k, v, mask, scale, backend)
+            if auto or any(getattr(p, "dynamic", False) for p in heads):
+                state.warn_once(f"layer {self.layer}: a frame-masked (e.g. block-causal) call runs static "
+                                "patterns only; recognition and dynamic patterns run dense here")
+                return self._dense(q, k, v, mask, scale, backend)
+            heads = tuple(FrameMasked(inner=p, allowed=table) for p in heads)
+        # Non-grid tokens on the far side of the grid (spec.leading_tokens / trailing_tokens) join the text block.
+        order = self._token_order(geometry, q.device)
         if order is not None:
-            qh, kh, vh = (t[:, :, order] for t in (qh, kh, vh))
-            valid = None if valid is None else valid[:, order]
+            qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
+            valid = None if valid is None else valid.index_select(1, order[0])
         if auto:
             if valid is not None:
                 state.warn_once(f"layer {self.layer}: recognition does not handle padded text; this call runs dense")
@@ -549,9 +636,9 @@ class AttentionRouter:
                 return self._dense(q, k, v, mask, scale, backend)
             out = sparse_attention(qh, kh, vh, decision.layout, scale=scale, backend=state.backend)
         else:
-            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale, pair, dense_backend=backend)
+            out = self._sparse(qh, kh, vh, heads, geometry, valid, scale, kind, dense_backend=backend)
         if order is not None:
-            out = out[:, :, torch.argsort(order)]
+            out = out.index_select(2, order[1])
         stats = state.stats[self.layer]
         stats.sparse_calls += 1
         stats.geometry = geometry
@@ -568,10 +655,37 @@ class AttentionRouter:
         self.state.frame_mask = (weakref.ref(mask), geometry, table)
         return table
 
-    def _layout_order(self, geometry: Geometry, device: torch.device) -> Tensor | None:
-        """Token positions in the layout's order when leading tokens move behind the grid; None: the model's order."""
-        lead = self.state.lead
-        return None if not lead else lead_order(lead, geometry.video_len, geometry.seq_len, device)
+    def _token_order(self, geometry: Geometry, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        """(order, inverse) of the layout's token order when non-grid tokens sit on the far side of the grid from
+        the text (leading tokens before a grid with a text suffix, trailing ones after a grid with a text prefix):
+        they move next to the text; None: the model's own order."""
+        state = self.state
+        if state.lead:
+            order = lead_order(state.lead, geometry.video_len, geometry.seq_len, device)
+            return order, torch.argsort(order)
+        return trail_order(geometry, state.trail, str(device))
+
+    def _observe(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+        """Calibration: hand the call's q/k/v (B, H, S, D) in the layout's token order to the observer; a padded
+        item is observed on its valid tokens, where its layout applies."""
+        state = self.state
+        geometry, _ = self._geometry(q, state.plan.num_heads)
+        if geometry is None:
+            return
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v)) if self.style == "dispatch" else (q, k, v)
+        padding = _padding_of(mask, qh.shape[0], qh.shape[2])
+        if padding is None:
+            return
+        valid = padding[0]
+        order = self._token_order(geometry, q.device)
+        if order is not None:
+            qh, kh, vh = (t.index_select(2, order[0]) for t in (qh, kh, vh))
+            valid = None if valid is None else valid.index_select(1, order[0])
+        if valid is None:
+            state.observer(self.layer, state.step, qh, kh, vh, geometry)
+            return
+        for items, kept, _, g in padding_groups(valid, geometry) or ():
+            state.observer(self.layer, state.step, *(t[items].index_select(2, kept) for t in (qh, kh, vh)), g)
 
     def _decide(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, scale: float | None) -> LayerDecision:
         """The layer's recognised decision: reused within ``every`` steps at the same geometry."""
@@ -615,6 +729,9 @@ class AttentionRouter:
         if text < state.lead:
             return None, (f"the sequence ({q.shape[seq_dim]}) is shorter than the grid {grid} and its "
                           f"{state.lead} leading tokens")
+        if state.trail > text:
+            return None, (f"the sequence ({q.shape[seq_dim]}) is shorter than the grid {grid} and its "
+                          f"{state.trail} trailing tokens")
         position = state.spec.text_position if text else "none"
         if text and position == "none":
             return None, f"{text} tokens beyond the video grid in a model whose self-attention has no text"
@@ -655,10 +772,10 @@ class AttentionRouter:
         return attention_by_head_groups(q, k, v, [(dense, run_dense), (rest, run_rest)])
 
     def _sparse(self, q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
-                valid: Tensor | None, scale: float | None, pair: bool = False,
+                valid: Tensor | None, scale: float | None, kind: str | None = None,
                 dense_backend: str | None = None) -> Tensor:
-        """The layer's static or dynamic heads; ``valid``: tokens a padding mask keeps (``pair``: padded queries
-        attend nothing, as under :func:`_pair_padding`; else they attend the valid keys); ``dense_backend``: the
+        """The layer's static or dynamic heads. ``valid``: bool [B, S], False on padded tokens; ``kind``: None when
+        only keys are masked, "bool" or "additive" for a token mask (see ``_token_mask``); ``dense_backend``: the
         diffusers backend chosen for the heads left dense."""
         agent = any(isinstance(p, Agent) for p in heads)
         dynamic = any(getattr(p, "dynamic", False) for p in heads)  # agent and pooled heads
@@ -668,9 +785,10 @@ class AttentionRouter:
             if chosen is not None:
                 return self._dense_heads_apart(q, k, v, heads, geometry, scale, chosen)
         if valid is not None and dynamic:
-            kind = "agent attention" if agent else "dynamic patterns"
-            self.state.warn_once(f"layer {self.layer}: {kind} with padded text is not built; running dense")
-            return _masked_dense(q, k, v, valid, pair, scale)
+            what = "agent attention" if agent else "dynamic patterns"
+            self.state.warn_once(f"layer {self.layer}: {what} with padded text is not built; running dense")
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_rebuilt_mask(valid, kind, q.dtype),
+                                                  scale=scale)
         if agent:
             return self._split_heads(q, k, v, heads, geometry, scale)
         block = self.state.plan.block_size
@@ -681,29 +799,40 @@ class AttentionRouter:
             else:
                 layout = layer_layout(heads, geometry, block, str(q.device))
             return sparse_attention(q, k, v, layout, scale=scale, backend=backend)
-        # Padded text keys (HunyuanVideo): each item runs on its valid prefix with the text shortened;
-        # the padded query rows attend the valid keys densely, as in the model.
+        # Padded tokens (HunyuanVideo's and Qwen-Image's text, Lumina 2 / Z-Image items packed to the longest
+        # one, Chroma's text): each item runs on its valid tokens, in order, which keep the model's token order
+        # with the text shortened. Padded query rows are computed as the model computes them: under a key mask
+        # they attend the valid keys densely; under a token mask they keep no key ("bool") or attend every key
+        # alike ("additive"), whose valid queries also see the padded keys, one unit lower.
+        groups = padding_groups(valid, geometry)
+        if groups is None:
+            self.state.warn_once(f"layer {self.layer}: its attention mask pads grid tokens; this call runs dense")
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=_rebuilt_mask(valid, kind, q.dtype), scale=scale)
         out = torch.empty_like(q)
-        lengths = valid.sum(-1)
-        for n in lengths.unique().tolist():
-            items = (lengths == n).nonzero().flatten()
-            n = int(n)
-            suffix_only = geometry.text_position == "suffix" and geometry.seq_len - n <= geometry.text_len
-            if not suffix_only or not bool(valid[items, :n].all()):
-                self.state.warn_once(f"layer {self.layer}: padding mask is not a text suffix; this call runs dense")
-                return _masked_dense(q, k, v, valid, pair, scale)
-            text = geometry.text_len - (geometry.seq_len - n)
-            position = geometry.text_position if text else "none"
-            g = Geometry(geometry.frames, geometry.height, geometry.width, text, position)
+        for items, kept, pad, g in groups:
             layout = layer_layout(heads, g, block, str(q.device))
             qi, ki, vi = q[items], k[items], v[items]
-            out[items, :, :n] = sparse_attention(qi[:, :, :n], ki[:, :, :n], vi[:, :, :n], layout, scale=scale,
-                                                 backend=backend)
-            if n < q.shape[2]:
-                if pair:  # padded queries attend nothing: whatever SDPA gives a fully masked row (zeros)
-                    none = torch.zeros(1, 1, q.shape[2] - n, q.shape[2], dtype=torch.bool, device=q.device)
-                    rest = F.scaled_dot_product_attention(qi[:, :, n:], ki, vi, attn_mask=none, scale=scale)
-                else:
-                    rest = F.scaled_dot_product_attention(qi[:, :, n:], ki[:, :, :n], vi[:, :, :n], scale=scale)
-                out[items, :, n:] = rest
+            qk, kk, vk = (t.index_select(2, kept) for t in (qi, ki, vi))
+            oi = torch.empty_like(qi)
+            if kind == "additive" and pad.numel():
+                # the executors that return the log-sum-exp: triton, masked ("auto" picks one of them)
+                with_lse = backend if backend in ("triton", "masked") else "auto"
+                o, lse = sparse_attention(qk, kk, vk, layout, scale=scale, backend=with_lse, return_lse=True)
+                o = _with_padded_keys(o, lse, qk, ki.index_select(2, pad), vi.index_select(2, pad), heads, g, scale)
+            else:
+                o = sparse_attention(qk, kk, vk, layout, scale=scale, backend=backend)
+            oi.index_copy_(2, kept, o)
+            if not pad.numel():
+                out[items] = oi
+                continue
+            qp = qi.index_select(2, pad)
+            if kind is None:
+                rest = F.scaled_dot_product_attention(qp, kk, vk, scale=scale)
+            elif kind == "bool":
+                none = torch.zeros(1, 1, pad.numel(), ki.shape[2], dtype=torch.bool, device=q.device)
+                rest = F.scaled_dot_product_attention(qp, ki, vi, attn_mask=none, scale=scale)
+            else:
+                rest = F.scaled_dot_product_attention(qp, ki, vi, scale=scale)
+            oi.index_copy_(2, pad, rest)
+            out[items] = oi
         return out

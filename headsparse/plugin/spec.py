@@ -23,6 +23,7 @@ from headsparse.patterns.geometry import TextPosition
 
 Grid = tuple[int, int, int]
 GridReader = Callable[[nn.Module, Mapping[str, Any]], Grid | None]
+TokenCounter = Callable[[nn.Module, Mapping[str, Any]], int]
 
 
 class AttentionAdapter(Protocol):
@@ -68,10 +69,20 @@ class ModelSpec:
     # history latents): read per call like the grid. The router moves them behind the grid, where they join the
     # suffix block and follow the joint-text rule (they attend and are attended densely). None: no such tokens.
     leading_tokens: Callable[[nn.Module, Mapping[str, Any]], int] | None = None
+    # Tokens that are neither grid nor text but sit *after* the grid while the text is a prefix (the reference
+    # latents Qwen-Image-Edit and FLUX.2 editing append to the noisy ones): read per call like the grid. The router
+    # moves them before the grid, where they join the prefix block and follow the joint-text rule (they attend
+    # and are attended densely). None: no such tokens.
+    trailing_tokens: TokenCounter | None = None
+    # The timestep argument rises as denoising proceeds (Lumina 2 and Z-Image are given 1 - sigma): the step
+    # tracker reads it negated, so that its "a larger value starts a new generation" rule still holds.
+    timestep_rises: bool = False
 
     def __post_init__(self) -> None:
         if self.leading_tokens is not None and self.text_position != "suffix":
             raise ValueError(f"{self.class_name}: leading_tokens needs text_position='suffix' (they join the suffix)")
+        if self.trailing_tokens is not None and self.text_position != "prefix":
+            raise ValueError(f"{self.class_name}: trailing_tokens needs text_position='prefix' (they join the prefix)")
 
     def self_attention_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         pattern = re.compile(self.self_attention)
