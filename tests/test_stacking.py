@@ -31,11 +31,11 @@ from diffusers.models.attention_dispatch import AttentionBackendName, _Attention
 from tiny_pipelines import build_flux_pipeline, build_wan_pipeline, save_tiny_lora
 
 import headsparse
+from headsparse.kernels.layout_cache import CACHE
 from headsparse.patterns import Dense, Spatial
 from headsparse.plan import LayerPlan, ModelPlan, Phase, Plan
 from headsparse.plugin import SPECS
 from headsparse.plugin.rebind import is_rebound
-from headsparse.plugin.runtime import layer_layout
 
 pytestmark = [pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning"), pytest.mark.usefixtures("one_thread")]
 
@@ -371,7 +371,7 @@ def test_regional_compile_then_patch(name, monkeypatch):
     torch._dynamo.reset()
     kernels = importlib.import_module("headsparse.kernels.sparse_attention")
     monkeypatch.setattr(kernels, "_flex_compile_failed", False)
-    layer_layout.cache_clear()
+    CACHE.clear("layer")
     pipe = BUILDERS[name]()
     counter = _counter("aot_eager")
     pipe.transformer.compile_repeated_blocks(backend=counter, fullgraph=True)
