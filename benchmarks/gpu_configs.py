@@ -15,18 +15,24 @@ interrupted sweep resumes.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
 import sys
 from pathlib import Path
 
+from headsparse.kernels import triton_attention
 from headsparse.kernels.gpu_static import check_config
 from headsparse.kernels.triton_configs import ARCHITECTURES, KernelConfig
 
-CANDIDATES = (
-    KernelConfig(128, 64, 8, 2), KernelConfig(128, 64, 8, 3), KernelConfig(128, 32, 8, 2),
-    KernelConfig(64, 64, 4, 2), KernelConfig(64, 64, 4, 3), KernelConfig(64, 32, 4, 2), KernelConfig(64, 32, 4, 3),
-    KernelConfig(32, 32, 4, 2),
-)
+# Candidates per layout block size (the kernel's tiles divide the block).
+CANDIDATES: dict[int, tuple[KernelConfig, ...]] = {
+    128: (KernelConfig(128, 64, 8, 2), KernelConfig(128, 64, 8, 3), KernelConfig(128, 32, 8, 2),
+          KernelConfig(128, 32, 8, 3), KernelConfig(64, 64, 8, 2), KernelConfig(64, 32, 4, 2)),
+    64: (KernelConfig(64, 64, 8, 2), KernelConfig(64, 64, 8, 3), KernelConfig(64, 32, 8, 2), KernelConfig(64, 32, 4, 2),
+         KernelConfig(64, 64, 4, 2), KernelConfig(32, 32, 4, 2)),
+    32: (KernelConfig(32, 32, 4, 2), KernelConfig(32, 32, 4, 3), KernelConfig(32, 32, 2, 2)),
+}
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -40,29 +46,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "gpu_configs.md")
     args = p.parse_args(argv)
     cache = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
+    kernel = hashlib.sha256(inspect.getsource(triton_attention).encode()).hexdigest()[:12]
     rows = []
     for arch in args.archs:
         for d in args.head_dims:
             for dtype in args.dtypes:
-                for c in CANDIDATES:
-                    key = f"{arch}-{d}-{dtype}-{c.tile_m}-{c.tile_n}-{c.num_warps}-{c.num_stages}"
-                    if key not in cache:
-                        cache[key] = check_config(arch, dtype, d, c).row()
-                        args.cache.parent.mkdir(parents=True, exist_ok=True)
-                        args.cache.write_text(json.dumps(cache, indent=0))
-                    r = cache[key]
-                    rows.append(r)
-                    print(f"sm_{arch} D={d} {dtype} {r['config']:>16}: shared {r['shared']:>6} / {r['shared_limit']} "
-                          f"regs {r['registers']} spills {r['spill_stores']}/{r['spill_loads']} "
-                          f"{'ok' if r['ok'] else r['problem']}", flush=True)
+                for block, configs in CANDIDATES.items():
+                    for c in configs:
+                        key = f"{kernel}-{arch}-{d}-{dtype}-{block}-{c.tile_m}-{c.tile_n}-{c.num_warps}-{c.num_stages}"
+                        if key not in cache:
+                            cache[key] = check_config(arch, dtype, d, c, block_m=block, block_n=block).row()
+                            args.cache.parent.mkdir(parents=True, exist_ok=True)
+                            args.cache.write_text(json.dumps(cache, indent=0))
+                        r = {**cache[key], "block": block}
+                        rows.append(r)
+                        print(f"sm_{arch} D={d} {dtype} {r['config']:>26}: shared {r['shared']:>6} / "
+                              f"{r['shared_limit']} regs {r['registers']} spills {r['spill_stores']}/"
+                              f"{r['spill_loads']} {'ok' if r['ok'] else r['problem']}", flush=True)
     lines = ["# Triton launch-config candidates, compiled for each architecture (no GPU)", "",
-             "Attention kernel, layout blocks 128x128, specialised as a real launch is (head-dim stride 1, "
-             "pointers and strides divisible by 16). ok = compiles, fits shared memory, 0 spilled bytes.", "",
+             "Attention kernel, candidates for each layout block size (128, 64, 32), specialised "
+             "as a real launch is (head-dim stride 1, pointers and strides divisible by 16). ok = compiles, fits "
+             "shared memory, 0 spilled bytes.", "",
              f"Command: `python benchmarks/gpu_configs.py {' '.join(argv)}`", "",
-             "| arch | head dim | dtype | config | shared B | limit B | registers | spill st/ld B | verdict |",
-             "|---|---:|---|---|---:|---:|---:|---:|---|"]
+             "| arch | head dim | dtype | layout block | config | shared B | limit B | registers | "
+             "spill st/ld B | verdict |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| sm_{r['arch']} | {r['head_dim']} | {r['dtype']} | {r['config']} | {r['shared']} | "
+        lines.append(f"| sm_{r['arch']} | {r['head_dim']} | {r['dtype']} | {r['block']} | {r['config']} | "
+                     f"{r['shared']} | "
                      f"{r['shared_limit']} | {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | "
                      f"{'ok' if r['ok'] else r['problem']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

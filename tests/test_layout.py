@@ -101,12 +101,15 @@ def test_from_block_kinds_promotes_and_drops():
 
 def test_block_map_of_whole_blocks():
     keep = torch.rand(3, 4, 4) < 0.5
-    keep[1, 2] = True  # a row keeping every block: a dense row
-    lay = Layout.from_block_map(keep, q_len=100, kv_len=100, block_m=32, block_n=32)
-    assert lay.num_structures == 3 and bool(lay.dense_rows[1 * 4 + 2])
+    keep[1, 2] = True  # a row keeping every block: listed like any other (no host read of the selection)
     ref = keep.repeat_interleave(32, 1).repeat_interleave(32, 2)[:, :100, :100]
-    assert torch.equal(lay.to_dense_mask()[0], ref)
-    assert lay.mask_bits.shape[0] <= 1  # only the ragged-edge column mask
+    for on_device in (False, True):
+        lay = Layout.from_block_map(keep, q_len=100, kv_len=100, block_m=32, block_n=32, on_device=on_device)
+        assert lay.num_structures == 3 and lay.checked != on_device and not lay.dense_rows.any()
+        assert torch.equal(lay.to_dense_mask()[0], ref)
+        assert lay.mask_bits.shape[0] <= 1  # only the ragged-edge column mask
+    with pytest.raises(ValueError, match="cannot be concatenated"):
+        Layout.concat_heads([lay, Layout.dense(1, 100, block_m=32, block_n=32)])
 
 
 def test_block_density_is_the_executors_work():

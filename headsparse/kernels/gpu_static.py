@@ -21,8 +21,7 @@ from pathlib import Path
 from headsparse.kernels.triton_configs import ARCHITECTURES, KernelConfig, shipped_configs
 
 _DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
-_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "SPLIT_M", "SPLIT_N", "RETURN_LSE", "IEEE", "HAS_KV_ORDER")
-_INT_POINTERS = ("Heads", "FullPtr", "FullIdx", "PartPtr", "PartIdx", "PartMask", "MaskBits", "KvOrder")
+_INT_POINTERS = ("Heads", "FullPtr", "FullIdx", "PartPtr", "PartIdx", "PartMask", "MaskBits")
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def ptxas_path(arch: int) -> Path:
 
 def gpu_name(arch: int) -> str:
     """ptxas's name for an architecture (the 'a' variants of sm_90 and sm_100 that Triton targets)."""
-    return {90: "sm_90a", 100: "sm_100a"}.get(arch, f"sm_{arch}")
+    return {90: "sm_90a", 100: "sm_100a", 120: "sm_120a"}.get(arch, f"sm_{arch}")
 
 
 def ptxas_report(ptx: str, arch: int) -> tuple[int | None, int | None, int | None, str]:
@@ -89,8 +88,7 @@ def ptxas_report(ptx: str, arch: int) -> tuple[int | None, int | None, int | Non
     return max(map(int, regs)), sum(int(s) for s, _ in spills), sum(int(x) for _, x in spills), ""
 
 
-def _attention_source(dtype: str, head_dim: int, config: KernelConfig, split_m: int, split_n: int, lse: bool,
-                      kv_order: bool):
+def _attention_source(dtype: str, head_dim: int, config: KernelConfig, split_m: int, split_n: int, lse: bool):
     from triton.compiler import ASTSource
 
     from headsparse.kernels.triton_attention import _block_sparse_fwd
@@ -98,7 +96,7 @@ def _attention_source(dtype: str, head_dim: int, config: KernelConfig, split_m: 
     names = _block_sparse_fwd.arg_names
     block_d = max(16, 1 << (head_dim - 1).bit_length())
     constants = {"BLOCK_M": config.tile_m, "BLOCK_N": config.tile_n, "BLOCK_D": block_d, "SPLIT_M": split_m,
-                 "SPLIT_N": split_n, "RETURN_LSE": lse, "IEEE": dtype == "fp32", "HAS_KV_ORDER": kv_order,
+                 "SPLIT_N": split_n, "RETURN_LSE": lse, "IEEE": dtype == "fp32",
                  # What Triton's JIT makes of a contiguous head dimension: a stride equal to 1 is a constant.
                  "stride_qd": 1, "stride_kd": 1, "stride_vd": 1, "stride_od": 1}
     signature = {}
@@ -109,8 +107,6 @@ def _attention_source(dtype: str, head_dim: int, config: KernelConfig, split_m: 
             signature[name] = f"*{_DTYPES[dtype]}"
         elif name == "Lse":
             signature[name] = "*fp32"
-        elif name == "DenseRows":
-            signature[name] = "*i8"
         elif name in _INT_POINTERS:
             signature[name] = "*i32"
         elif name == "qk_scale":
@@ -148,8 +144,7 @@ def _permute_source(dtype: str, head_dim: int):
 
 
 def check_config(arch: int, dtype: str, head_dim: int, config: KernelConfig, *, block_m: int = 128,
-                 block_n: int = 128, lse: bool = False, kv_order: bool = False,
-                 kernel: str = "attention") -> StaticResult:
+                 block_n: int = 128, lse: bool = False, kernel: str = "attention") -> StaticResult:
     """Compile one kernel config for ``arch`` (e.g. 86) and report shared memory, registers and spills."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -159,11 +154,10 @@ def check_config(arch: int, dtype: str, head_dim: int, config: KernelConfig, *, 
     label = (f"{config.tile_m}x{config.tile_n} w{config.num_warps} s{config.num_stages}" if kernel == "attention"
              else "64 rows")
     if kernel == "attention":
-        label += (" lse" if lse else "") + (" kv-order" if kv_order else "")
+        label += f" blocks {block_m}" + (" lse" if lse else "")
     try:
         if kernel == "attention":
-            src = _attention_source(dtype, head_dim, config, block_m // config.tile_m, block_n // config.tile_n, lse,
-                                    kv_order)
+            src = _attention_source(dtype, head_dim, config, block_m // config.tile_m, block_n // config.tile_n, lse)
             options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
         else:
             src = _permute_source(dtype, head_dim)
@@ -181,8 +175,8 @@ def check_table(archs: tuple[int, ...] | None = None, *, quick: bool = False) ->
     """Every shipped config (:func:`shipped_configs`) for every architecture; ``quick``: one head dim and
     dtype per distinct config (what CI runs)."""
     results = []
-    for arch, dtype, head_dim, config, lse, kv_order in shipped_configs(archs, quick=quick):
-        results.append(check_config(arch, dtype, head_dim, config, lse=lse, kv_order=kv_order))
+    for arch, dtype, head_dim, block, config, lse in shipped_configs(archs, quick=quick):
+        results.append(check_config(arch, dtype, head_dim, config, block_m=block, block_n=block, lse=lse))
     for arch in archs or tuple(ARCHITECTURES):
         for head_dim in ((128,) if quick else (64, 128)):
             results.append(check_config(arch, "bf16", head_dim, KernelConfig(0, 0, 4, 1), kernel="permute"))

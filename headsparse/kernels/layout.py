@@ -138,9 +138,13 @@ class Layout:
     q_order: Tensor | None = None
     kv_order: Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # False for layouts built per call on the device from already-valid pieces (dynamic block maps and
+    # their layers): validating reads values back to the host, a synchronisation per call.
+    checked: bool = field(default=True, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.validate()
+        if self.checked:
+            self.validate()
 
     # ------------------------------------------------------------------ shape facts
     @property
@@ -310,30 +314,34 @@ class Layout:
         return _assemble(per, lb, h, q_len=q_len, kv_len=kv_len, block_m=block_m, block_n=block_n, mq=mq, nk=nk)
 
     @classmethod
-    def from_block_map(cls, keep: Tensor, *, q_len: int, kv_len: int, block_m: int, block_n: int) -> Layout:
+    def from_block_map(cls, keep: Tensor, *, q_len: int, kv_len: int, block_m: int, block_n: int,
+                       on_device: bool = False) -> Layout:
         """Build from whole kept blocks, bool [H, MQ, NK] (a dynamic selection such as ``pooled``): one
-        structure per head, no element masks but key padding (the ragged last key block's columns), and
-        rows that keep every block as dense rows. Memory grows with the kept blocks."""
+        structure per head, full blocks only but the ragged last key block (partial under its column mask).
+
+        ``on_device=True``: nothing is read back from the device, so a selection made on a GPU becomes a
+        Layout there without a synchronisation; its entry buffers have room for every block (the selection
+        itself is that big; rows list exactly the blocks they keep, then the room), it is not validated, and
+        it cannot be concatenated with other layouts. Otherwise the buffers are cut to the listed entries and
+        the layout is validated like any other.
+        """
         _check(keep.dtype == torch.bool and keep.dim() == 3, f"keep must be bool [H, MQ, NK], got {keep.dtype} "
                f"{tuple(keep.shape)}")
         h, mq, nk = keep.shape
         _check((mq, nk) == (math.ceil(q_len / block_m), math.ceil(kv_len / block_n)),
                f"keep must be [H, {math.ceil(q_len / block_m)}, {math.ceil(kv_len / block_n)}] for these lengths")
+        fields = block_map_rows(keep, kv_len, block_m, block_n)
         device = keep.device
-        dense = keep.all(-1).reshape(-1)
-        listed = keep & ~keep.all(-1, keepdim=True)
-        rows, cols = listed.reshape(h * mq, nk).nonzero(as_tuple=True)
-        tail = kv_len - (nk - 1) * block_n
-        ragged = cols == nk - 1 if tail < block_n else torch.zeros_like(cols, dtype=torch.bool)
-        column = (torch.arange(block_n, device=device) < tail).expand(block_m, block_n)
-        bits = pack_bits(column)[None] if bool(ragged.any()) else torch.zeros(0, block_m, block_n // _WORD,
-                                                                             dtype=torch.int32, device=device)
-        return cls(q_len=q_len, kv_len=kv_len, block_m=block_m, block_n=block_n,
-                   heads=torch.arange(h, dtype=torch.int32, device=device)[None],
-                   full_ptr=_csr(rows[~ragged], h * mq), full_idx=cols[~ragged].to(torch.int32),
-                   part_ptr=_csr(rows[ragged], h * mq), part_idx=cols[ragged].to(torch.int32),
-                   part_mask=torch.zeros(int(ragged.sum()), dtype=torch.int32, device=device),
-                   dense_rows=dense, mask_bits=bits)
+        if not on_device:  # cut the buffers to what is listed (reads the counts back)
+            for name in ("full", "part"):
+                fields[f"{name}_idx"] = fields[f"{name}_idx"][: int(fields[f"{name}_ptr"][-1])].contiguous()
+        if not on_device:
+            fields["part_mask"] = fields["part_mask"][: fields["part_idx"].numel()]
+        layout = cls(q_len=q_len, kv_len=kv_len, block_m=block_m, block_n=block_n,
+                     heads=torch.arange(h, dtype=torch.int32, device=device)[None], **fields,
+                     dense_rows=torch.zeros(h * mq, dtype=torch.bool, device=device), checked=not on_device)
+        layout._cache["has_dense_rows"] = False
+        return layout
 
     @classmethod
     def from_dense_mask(
@@ -400,6 +408,8 @@ class Layout:
             _check(key == ref, f"layouts[{i}] has (q_len, kv_len, block_m, block_n, batch)={key}, layouts[0] {ref}")
         if len(layouts) == 1:
             return first
+        _check(all(lay.checked for lay in layouts), "concat_heads: a layout built on the device (on_device=True) "
+               "cannot be concatenated: its entry buffers hold room past its entries; run it as its own head group")
         # Structures of different orders may span different block counts: pad all to the largest. A
         # layout given twice (a layer's runs of one pattern) contributes its structures once.
         mq = max(lay.num_q_blocks for lay in layouts)
@@ -440,13 +450,12 @@ class Layout:
             p_off += lay.part_idx.numel()
         heads = [lay.heads.to(device) + offsets[distinct[shared(lay)]] for lay in layouts]
 
-        def end(total: int) -> Tensor:
-            return torch.tensor([total], dtype=torch.int32, device=device)
-
+        f_end = torch.tensor([f_off], dtype=torch.int32, device=device)
+        p_end = torch.tensor([p_off], dtype=torch.int32, device=device)
         return cls(
             q_len=first.q_len, kv_len=first.kv_len, block_m=first.block_m, block_n=first.block_n,
-            heads=torch.cat(heads, 1), full_ptr=torch.cat([*fptr, end(f_off)]), full_idx=torch.cat(fidx),
-            part_ptr=torch.cat([*pptr, end(p_off)]), part_idx=torch.cat(pidx), part_mask=torch.cat(pmask),
+            heads=torch.cat(heads, 1), full_ptr=torch.cat([*fptr, f_end]), full_idx=torch.cat(fidx),
+            part_ptr=torch.cat([*pptr, p_end]), part_idx=torch.cat(pidx), part_mask=torch.cat(pmask),
             dense_rows=torch.cat(dense), mask_bits=torch.cat(bits),
             q_order=torch.cat(qo) if any_q else None, kv_order=torch.cat(ko) if any_k else None,
         )
@@ -476,7 +485,7 @@ class Layout:
         return Layout(q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m, block_n=self.block_n,
                       heads=self.heads, full_ptr=widen(self.full_ptr), full_idx=self.full_idx,
                       part_ptr=widen(self.part_ptr), part_idx=self.part_idx, part_mask=self.part_mask,
-                      dense_rows=dense, mask_bits=self.mask_bits,
+                      dense_rows=dense, mask_bits=self.mask_bits, checked=self.checked,
                       q_order=longer(q_order, extra_q, self.block_m), kv_order=longer(kv_order, extra_k, self.block_n))
 
     def natural_order(self, side: str) -> Tensor:
@@ -491,7 +500,7 @@ class Layout:
         return Layout(q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m, block_n=self.block_n, heads=heads,
                       full_ptr=self.full_ptr, full_idx=self.full_idx, part_ptr=self.part_ptr,
                       part_idx=self.part_idx, part_mask=self.part_mask, dense_rows=self.dense_rows,
-                      mask_bits=self.mask_bits, q_order=self.q_order, kv_order=self.kv_order)
+                      mask_bits=self.mask_bits, q_order=self.q_order, kv_order=self.kv_order, checked=self.checked)
 
     def repeat_heads(self, num_heads: int) -> Layout:
         """This layout (of one head) for ``num_heads`` heads: they share its structure, nothing is copied."""
@@ -522,7 +531,7 @@ class Layout:
                       full_idx=self.full_idx.to(device), part_ptr=self.part_ptr.to(device),
                       part_idx=self.part_idx.to(device), part_mask=self.part_mask.to(device),
                       dense_rows=self.dense_rows.to(device), mask_bits=self.mask_bits.to(device),
-                      q_order=move(self.q_order), kv_order=move(self.kv_order))
+                      q_order=move(self.q_order), kv_order=move(self.kv_order), checked=self.checked)
 
     # ------------------------------------------------------------------ per-head views for executors
     def head_structures(self, batch_item: int = 0) -> Tensor:
@@ -568,14 +577,33 @@ class Layout:
         valid = _order_valid(self.kv_order, self.num_kv_blocks * self.block_n, self.kv_len, self.device)
         return valid.expand(self.num_structures, -1)
 
+    def entries(self, kind: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(row, key block, mask id or None) of every listed ``kind`` ("full" or "part") entry, int64.
+
+        The entry buffers of a layout built on the device may hold room beyond the listed entries; this
+        reads how many there are (host-side statistics and views only).
+        """
+        ptr, idx = getattr(self, f"{kind}_ptr"), getattr(self, f"{kind}_idx")
+        rows = _row_of(ptr)
+        n = rows.numel()
+        mask = self.part_mask[:n].long() if kind == "part" else None
+        return rows, idx[:n].long(), mask
+
+    def has_dense_rows(self) -> bool:
+        if "has_dense_rows" not in self._cache:
+            self._cache["has_dense_rows"] = bool(self.dense_rows.any())
+        return self._cache["has_dense_rows"]
+
     # ------------------------------------------------------------------ views and statistics
     def structure_kinds(self) -> Tensor:
         """int8 [S, MQ, NK] block map of each structure (dense rows as full blocks; materialised: small layouts)."""
         if "structure_kinds" not in self._cache:
             s, mq, nk = self.num_structures, self.num_q_blocks, self.num_kv_blocks
             kinds = torch.zeros(s * mq, nk, dtype=torch.int8, device=self.device)
-            kinds[_row_of(self.full_ptr), self.full_idx.long()] = BLOCK_FULL
-            kinds[_row_of(self.part_ptr), self.part_idx.long()] = BLOCK_PARTIAL
+            fr, fc, _ = self.entries("full")
+            pr, pc, _ = self.entries("part")
+            kinds[fr, fc] = BLOCK_FULL
+            kinds[pr, pc] = BLOCK_PARTIAL
             if self.dense_rows.any():
                 complete = self.real_per_kv_block() == self.block_n  # [S, NK]
                 row_s = torch.arange(s * mq, device=self.device) // mq
@@ -590,8 +618,10 @@ class Layout:
         if "structure_mask_ids" not in self._cache:
             s, mq, nk = self.num_structures, self.num_q_blocks, self.num_kv_blocks
             ids = torch.full((s * mq, nk), -1, dtype=torch.int32, device=self.device)
-            ids[_row_of(self.full_ptr), self.full_idx.long()] = -2
-            ids[_row_of(self.part_ptr), self.part_idx.long()] = self.part_mask
+            fr, fc, _ = self.entries("full")
+            pr, pc, pm = self.entries("part")
+            ids[fr, fc] = -2
+            ids[pr, pc] = pm.to(torch.int32)
             ids[self.dense_rows] = -2
             self._cache["structure_mask_ids"] = ids.view(s, mq, nk)
         return self._cache["structure_mask_ids"]
@@ -613,16 +643,15 @@ class Layout:
         local = torch.full((s * mq,), -1, dtype=torch.int64, device=self.device)
         local[rows] = torch.arange(rows.numel(), device=self.device)
         for kind in ("full", "part"):
-            ptr = getattr(self, f"{kind}_ptr")
-            entry_rows = _row_of(ptr)
+            entry_rows, cols, ids = self.entries(kind)
             keep = local[entry_rows] >= 0
             if not keep.any():
                 continue
-            r, c = local[entry_rows[keep]], getattr(self, f"{kind}_idx")[keep].long()
-            if kind == "full":
+            r, c = local[entry_rows[keep]], cols[keep]
+            if ids is None:
                 flat[r, c] = True
             else:
-                flat[r, c] = unpack_bits(self.mask_bits[self.part_mask[keep].long()])
+                flat[r, c] = unpack_bits(self.mask_bits[ids[keep]])
         dense = self.dense_rows[rows]
         if dense.any():
             keys = self.key_valid()[torch.arange(s, device=self.device).repeat_interleave(m1 - m0)]  # [R, PK]
@@ -661,18 +690,18 @@ class Layout:
             rows_s = torch.arange(s * mq, device=self.device) // mq
             rows_m = torch.arange(s * mq, device=self.device) % mq
             kept = torch.zeros(s, dtype=torch.int64, device=self.device)
-            fr = _row_of(self.full_ptr)
-            kept.index_add_(0, fr // mq, q_real[fr // mq, fr % mq] * k_real[fr // mq, self.full_idx.long()])
+            fr, fc, _ = self.entries("full")
+            kept.index_add_(0, fr // mq, q_real[fr // mq, fr % mq] * k_real[fr // mq, fc])
             dense = self.dense_rows.nonzero().flatten()
             kept.index_add_(0, rows_s[dense], q_real[rows_s[dense], rows_m[dense]] * self.kv_len)
-            if self.part_idx.numel():
+            pr, _, pm = self.entries("part")
+            if pr.numel():
                 per_row = popcount(self.mask_bits).sum(-1)  # [U, bm]: kept keys per mask row
                 q_valid = _order_valid(self.q_order, mq * self.block_m, self.q_len, self.device)
                 q_valid = q_valid.expand(s, -1).view(s, mq, self.block_m)
-                pr = _row_of(self.part_ptr)
                 step = 1 << 16
                 for a in range(0, pr.numel(), step):
-                    r, u = pr[a : a + step], self.part_mask[a : a + step].long()
+                    r, u = pr[a : a + step], pm[a : a + step]
                     contrib = (per_row[u] * q_valid[r // mq, r % mq]).sum(-1)
                     kept.index_add_(0, r // mq, contrib)
             self._cache["kept"] = kept
@@ -837,6 +866,35 @@ def _assemble(per: list[_Structure], lb: int, h: int, *, q_len: int, kv_len: int
         part_mask=inverse.to(torch.int32), dense_rows=torch.cat([st.dense_rows for st in chosen]),
         mask_bits=table.contiguous(), **orders,
     )
+
+
+def block_map_rows(keep: Tensor, kv_len: int, block_m: int, block_n: int) -> dict[str, Tensor]:
+    """The compressed rows of a whole-block selection bool [H, MQ, NK], computed on its device with no value
+    read back (sizes follow from the shapes alone; ``torch.compile(fullgraph=True)`` traces it whole):
+    ``full_*``/``part_*`` (the ragged last key block is partial) with room for every block, ``part_mask``
+    and ``mask_bits`` (the ragged block's column mask, or none)."""
+    h, mq, nk = keep.shape
+    device = keep.device
+    flat = keep.reshape(h * mq, nk)
+    tail = kv_len - (nk - 1) * block_n
+    ragged = tail < block_n
+    full = flat.clone()
+    if ragged:
+        full[:, -1] = False
+    part = flat & ~full  # the ragged last key block, where kept
+    column = pack_bits((torch.arange(block_n, device=device) < tail).expand(block_m, block_n))[None]
+    fields: dict[str, Tensor] = {}
+    dump = h * mq * nk  # one slot past the listed room for the blocks not kept
+    cols = torch.arange(nk, dtype=torch.int32, device=device).expand(h * mq, nk).flatten()
+    for name, sel in (("full", full), ("part", part)):
+        counts = sel.sum(-1, dtype=torch.int64)
+        ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        slot = torch.where(sel, ptr[:-1, None] + sel.long().cumsum(-1) - 1, dump)
+        idx = torch.zeros(dump + 1, dtype=torch.int32, device=device).scatter_(0, slot.flatten(), cols)
+        fields[f"{name}_ptr"], fields[f"{name}_idx"] = ptr.to(torch.int32), idx
+    fields["part_mask"] = torch.zeros_like(fields["part_idx"])
+    fields["mask_bits"] = column if ragged else column[:0]
+    return fields
 
 
 def layout_from_rows(*, q_len: int, kv_len: int, block_m: int, block_n: int, mq: int, nk: int,

@@ -1,6 +1,7 @@
 """``sparse_attention``: the one entry point that runs a Layout on whatever device q lives on.
 
-CUDA tensors go to the Triton kernel. On CPU: a layout that keeps every pair runs plain SDPA; one
+On CUDA, heads that keep every pair run flash SDPA, very dense layouts SDPA under their mask, and the
+rest the Triton kernel (:func:`choose_backend`). On CPU: a layout that keeps every pair runs plain SDPA; one
 whose query blocks share keys in large groups runs the grouped executor (batched SDPA per group);
 others run compiled FlexAttention; a layer whose heads want different executors is split by head
 (dense heads run plain SDPA). The eager masked executor serves gradients, the log-sum-exp
@@ -11,6 +12,7 @@ token permutation is applied before and undone after, so callers see the origina
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -67,24 +69,58 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, layout: Layout) -> None:
         )
 
 
+# On CUDA, a layout visiting at least this share of dense attention's work runs SDPA under its mask
+# (memory-efficient attention) instead of the Triton kernel. A documented default until the device check
+# (benchmarks/gpu_check.py) measures the crossover on a GPU.
+CUDA_MASKED_CROSSOVER = 0.9
+
+
+def device_kind(device: torch.device) -> str:
+    """"cuda" where the Triton kernel runs natively, else "cpu" (a seam tests patch to exercise CUDA dispatch)."""
+    return "cuda" if device.type == "cuda" else "cpu"
+
+
 def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> str:
-    """The executor ``backend="auto"`` uses for these inputs."""
-    if q.device.type == "cuda" and triton_available(q.device):
+    """The executor ``backend="auto"`` uses for these inputs.
+
+    CUDA: heads that keep every pair run ``F.scaled_dot_product_attention`` (flash / cuDNN), layouts denser
+    than :data:`CUDA_MASKED_CROSSOVER` SDPA under their mask, the rest the Triton kernel; a layer whose heads
+    want different ones is split by head. A layout built on the device per call (a dynamic block selection)
+    goes straight to the Triton kernel: asking whether it is dense would read it back. CPU: see the module
+    docstring.
+    """
+    kind = device_kind(q.device)
+    if kind == "cuda" and not layout.checked and triton_available(q.device):
         return "triton"
     if layout.is_dense() and not return_lse:
         return "sdpa"
-    # Compiled FlexAttention on CPU is inference-only and cannot return the log-sum-exp.
-    needs_eager = return_lse or (torch.is_grad_enabled() and q.requires_grad)
-    if needs_eager:
-        return "masked"
-    if layout.num_heads > 1 and len(cpu_head_groups(layout)) > 1:
+    if kind == "cpu":
+        # Compiled FlexAttention on CPU is inference-only and cannot return the log-sum-exp.
+        needs_eager = return_lse or (torch.is_grad_enabled() and q.requires_grad)
+        if needs_eager:
+            return "masked"
+    elif return_lse:
+        return "triton" if triton_available(q.device) else "masked"
+    if layout.num_heads > 1 and len(head_groups(layout, kind)) > 1:
         return "per-head"
-    return _cpu_executor(layout)
+    return _executor(layout, kind, q.device)
 
 
-def _cpu_executor(layout: Layout) -> str:
+def _executor(layout: Layout, kind: str, device: torch.device | None = None) -> str:
+    """The executor for a layout whose heads all want the same (decided once per layout and kind)."""
+    key = f"executor_{kind}"
+    if key not in layout._cache or kind == "cpu":  # the CPU choice can change (a failed FlexAttention compile)
+        layout._cache[key] = _decide_executor(layout, kind, device)
+    return layout._cache[key]
+
+
+def _decide_executor(layout: Layout, kind: str, device: torch.device | None) -> str:
     if layout.is_dense():
         return "sdpa"
+    if kind == "cuda":
+        if float(layout.block_density().max()) >= CUDA_MASKED_CROSSOVER:
+            return "masked"
+        return "triton" if device is None or triton_available(device) else "masked"
     if mean_group_rows(layout) >= cpu_profile().grouped_min_rows:
         return "grouped"
     # Masked dense SDPA never beat FlexAttention on this CPU (at 75% of blocks: 1.60 vs 1.19 of
@@ -92,28 +128,34 @@ def _cpu_executor(layout: Layout) -> str:
     return "masked" if _flex_compile_failed else "flex"
 
 
-def cpu_head_groups(layout: Layout) -> list[tuple[str, list[int], Layout]]:
-    """(executor, heads, their layout) for the heads of a layer, grouped by the CPU executor each wants.
+def head_groups(layout: Layout, kind: str = "cpu") -> list[tuple[str, list[int], Layout]]:
+    """(executor, heads, their layout) for the heads of a layer, grouped by the executor each wants.
 
-    A layer mixing patterns (dense, spatial, temporal, neighbourhood heads...) would otherwise run
-    every head through the executor that suits the mix as a whole: dense heads through masked flex
-    tiles, frame-grouped heads without their large SDPA tiles. Decided per structure (heads sharing
-    one decide together); cached on the layout.
+    A layer mixing patterns (dense, spatial, temporal, neighbourhood heads...) would otherwise run every
+    head through the executor that suits the mix as a whole: dense heads through masked tiles instead of
+    flash (CUDA) or large SDPA tiles (CPU). Decided per structure (heads sharing one decide together);
+    cached on the layout.
     """
-    if "cpu_head_groups" not in layout._cache:
+    key = f"head_groups_{kind}"
+    if key not in layout._cache:
         by_choice: dict[str, list[int]] = {}
-        structures = layout.head_structures()
+        structures = layout.head_structures().tolist()
         choice_of: dict[int, str] = {}
         for h in range(layout.num_heads):
-            s = int(structures[h])
+            s = structures[h]
             if s not in choice_of:
-                choice_of[s] = _cpu_executor(layout.select_heads([h]))
+                choice_of[s] = _executor(layout.select_heads([h]), kind)
             by_choice.setdefault(choice_of[s], []).append(h)
-        layout._cache["cpu_head_groups"] = [
+        layout._cache[key] = [
             (choice, heads, layout if len(by_choice) == 1 else layout.select_heads(heads))
             for choice, heads in by_choice.items()
         ]
-    return layout._cache["cpu_head_groups"]
+    return layout._cache[key]
+
+
+def cpu_head_groups(layout: Layout) -> list[tuple[str, list[int], Layout]]:
+    """:func:`head_groups` on the CPU."""
+    return head_groups(layout, "cpu")
 
 
 HeadGroupRun = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -125,9 +167,15 @@ def attention_by_head_groups(q: Tensor, k: Tensor, v: Tensor,
     run by its function, and written back in place (a layer whose heads need different executors)."""
     out = q.new_empty((*q.shape[:3], v.shape[-1]))
     for heads, run in groups:
-        idx = torch.tensor(heads, device=q.device)
+        idx = head_index(tuple(heads), str(q.device))
         out.index_copy_(1, idx, run(q.index_select(1, idx), k.index_select(1, idx), v.index_select(1, idx)))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def head_index(heads: tuple[int, ...], device: str) -> Tensor:
+    """The head indices as a tensor on ``device``, made once (no host-to-device copy per call)."""
+    return torch.tensor(heads, device=device)
 
 
 def _per_head_groups(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: float | None) -> Tensor:
@@ -136,7 +184,7 @@ def _per_head_groups(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: flo
             return lambda qs, ks, vs: F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
         return lambda qs, ks, vs: sparse_attention(qs, ks, vs, sub, scale=scale, backend=choice)  # type: ignore
 
-    groups = [(heads, executor(choice, sub)) for choice, heads, sub in cpu_head_groups(layout)]
+    groups = [(heads, executor(choice, sub)) for choice, heads, sub in head_groups(layout, device_kind(q.device))]
     return attention_by_head_groups(q, k, v, groups)
 
 

@@ -1,9 +1,9 @@
 """Block-sparse flash-attention forward in Triton, executing a Layout.
 
 One program handles one query tile of one (batch item, head): it finds the head's structure, then
-streams the row's full key blocks with no mask code, its partial blocks with their packed element
-masks (each query row's words expanded to bits in registers, never a gathered full tile), or, for a
-dense row, every key block (masking only key padding); an online softmax in base 2 accumulates.
+streams the row's full key blocks with no mask code and its partial blocks with their packed element
+masks (each query row's words expanded to bits in registers, never a gathered full tile); an online
+softmax in base 2 accumulates. Dense rows reach the kernel listed block by block (:func:`kernel_rows`).
 Heads with different structures share one launch. The kernel's tiles may be smaller than the
 layout's blocks (``SPLIT_M`` query tiles per query block, ``SPLIT_N`` key tiles per key block), so
 one layout runs within each GPU's shared memory and registers (launch configs:
@@ -62,17 +62,17 @@ if triton is not None:
     @triton.jit
     def _block_sparse_fwd(
         Q, K, V, Out, Lse,
-        Heads, FullPtr, FullIdx, PartPtr, PartIdx, PartMask, DenseRows, MaskBits, KvOrder,
+        Heads, FullPtr, FullIdx, PartPtr, PartIdx, PartMask, MaskBits,
         qk_scale,
         stride_qb, stride_qh, stride_ql, stride_qd,
         stride_kb, stride_kh, stride_kl, stride_kd,
         stride_vb, stride_vh, stride_vl, stride_vd,
         stride_ob, stride_oh, stride_ol, stride_od,
         stride_hb,
-        H, q_positions, kv_positions, head_dim, num_q_blocks, num_kv_blocks, kv_order_len,
+        H, q_positions, kv_positions, head_dim, num_q_blocks,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         SPLIT_M: tl.constexpr, SPLIT_N: tl.constexpr,
-        RETURN_LSE: tl.constexpr, IEEE: tl.constexpr, HAS_KV_ORDER: tl.constexpr,
+        RETURN_LSE: tl.constexpr, IEEE: tl.constexpr,
     ):
         LAYOUT_N: tl.constexpr = BLOCK_N * SPLIT_N  # the layout's key block
         WORDS: tl.constexpr = LAYOUT_N // 32  # mask words per query row of a layout block
@@ -99,50 +99,35 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         bits_rows = row0 + tl.arange(0, BLOCK_M)
-        if tl.load(DenseRows + row) != 0:
-            for kb in range(0, num_kv_blocks):
-                for t in range(SPLIT_N):
-                    offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
-                    n_ok = offs_n < kv_positions
-                    if HAS_KV_ORDER:  # padding positions of the structure's key order
-                        n_ok = n_ok & (tl.load(KvOrder + s.to(tl.int64) * kv_order_len + offs_n, mask=n_ok,
-                                               other=-1) >= 0)
-                    n64 = offs_n.to(tl.int64)
-                    acc, m_i, l_i = _attend(
-                        q, acc, m_i, l_i, Kbh + n64[None, :] * stride_kl + offs_d[:, None] * stride_kd,
-                        Vbh + n64[:, None] * stride_vl + offs_d[None, :] * stride_vd, n_ok, d_ok, n_ok[None, :],
-                        qk_scale, True, IEEE)
-        else:
-            start = tl.load(FullPtr + row)
-            end = tl.load(FullPtr + row + 1)
-            for j in range(start, end):
-                kb = tl.load(FullIdx + j)
-                for t in range(SPLIT_N):
-                    offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
-                    n64 = offs_n.to(tl.int64)
-                    n_ok = offs_n < kv_positions  # always true for a full block; bounds the loads
-                    acc, m_i, l_i = _attend(
-                        q, acc, m_i, l_i, Kbh + n64[None, :] * stride_kl + offs_d[:, None] * stride_kd,
-                        Vbh + n64[:, None] * stride_vl + offs_d[None, :] * stride_vd, n_ok, d_ok, n_ok[None, :],
-                        qk_scale, False, IEEE)
-            start = tl.load(PartPtr + row)
-            end = tl.load(PartPtr + row + 1)
-            for j in range(start, end):
-                kb = tl.load(PartIdx + j)
-                mid = tl.load(PartMask + j).to(tl.int64)
-                for t in range(SPLIT_N):
-                    offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
-                    n64 = offs_n.to(tl.int64)
-                    n_ok = offs_n < kv_positions
-                    # Each query row's mask words for this key tile, expanded to bits in registers.
-                    words = tl.load(MaskBits + mid * (BLOCK_M * SPLIT_M * WORDS) + bits_rows[:, None] * WORDS
-                                    + t * TILE_WORDS + tl.arange(0, TILE_WORDS)[None, :])
-                    bits = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
-                    keep = tl.reshape(bits, [BLOCK_M, BLOCK_N]) != 0
-                    acc, m_i, l_i = _attend(
-                        q, acc, m_i, l_i, Kbh + n64[None, :] * stride_kl + offs_d[:, None] * stride_kd,
-                        Vbh + n64[:, None] * stride_vl + offs_d[None, :] * stride_vd, n_ok, d_ok, keep,
-                        qk_scale, True, IEEE)
+        k_base = Kbh + offs_d[:, None] * stride_kd  # [D, 1]: loop-invariant parts of the tile pointers
+        v_base = Vbh + offs_d[None, :] * stride_vd
+        start = tl.load(FullPtr + row)
+        end = tl.load(FullPtr + row + 1)
+        for j in range(start, end):
+            kb = tl.load(FullIdx + j)
+            for t in range(SPLIT_N):
+                offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
+                n64 = offs_n.to(tl.int64)
+                n_ok = offs_n < kv_positions  # always true for a full block; bounds the loads
+                acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_base + n64[None, :] * stride_kl,
+                                        v_base + n64[:, None] * stride_vl, n_ok, d_ok, n_ok[None, :], qk_scale,
+                                        False, IEEE)
+        start = tl.load(PartPtr + row)
+        end = tl.load(PartPtr + row + 1)
+        for j in range(start, end):
+            kb = tl.load(PartIdx + j)
+            mid = tl.load(PartMask + j).to(tl.int64)
+            for t in range(SPLIT_N):
+                offs_n = kb * LAYOUT_N + t * BLOCK_N + offs_t
+                n64 = offs_n.to(tl.int64)
+                n_ok = offs_n < kv_positions
+                # Each query row's mask words for this key tile, expanded to bits in registers.
+                words = tl.load(MaskBits + mid * (BLOCK_M * SPLIT_M * WORDS) + bits_rows[:, None] * WORDS
+                                + t * TILE_WORDS + tl.arange(0, TILE_WORDS)[None, :])
+                bits = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
+                keep = tl.reshape(bits, [BLOCK_M, BLOCK_N]) != 0
+                acc, m_i, l_i = _attend(q, acc, m_i, l_i, k_base + n64[None, :] * stride_kl,
+                                        v_base + n64[:, None] * stride_vl, n_ok, d_ok, keep, qk_scale, True, IEEE)
         has_keys = l_i > 0.0
         l_safe = tl.where(has_keys, l_i, 1.0)
         out = acc / l_safe[:, None]
@@ -152,6 +137,49 @@ if triton is not None:
         if RETURN_LSE:
             lse = tl.where(has_keys, (m_i + tl.log2(l_safe)) / 1.4426950408889634, float("-inf"))
             tl.store(Lse + pid_bh.to(tl.int64) * q_positions + offs_m, lse, mask=m_ok)
+
+
+def kernel_rows(layout: Layout) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(full_ptr, full_idx, part_ptr, part_idx, part_mask, mask_bits) with dense rows listed block by block.
+
+    The kernel reads only listed blocks: a dense row (a text query of joint attention) becomes every key
+    block, full where the block holds no key padding, else partial under its key-validity mask. Dense
+    *heads* never get here on CUDA (they run SDPA), so this adds a few rows' worth of entries. Cached on
+    the layout.
+    """
+    if "kernel_rows" in layout._cache:
+        return layout._cache["kernel_rows"]
+    lay, device = layout, layout.device
+    if not lay.has_dense_rows():
+        rows = (lay.full_ptr, lay.full_idx, lay.part_ptr, lay.part_idx, lay.part_mask, lay.mask_bits)
+        layout._cache["kernel_rows"] = rows
+        return rows
+    from headsparse.kernels.layout import _csr, pack_bits
+
+    mq, nk, bn = lay.num_q_blocks, lay.num_kv_blocks, lay.block_n
+    key_ok = lay.key_valid().view(lay.num_structures, nk, bn)  # [S, NK, bn]
+    complete = key_ok.all(-1)  # [S, NK]
+    dense = lay.dense_rows.nonzero().flatten()  # rows s * MQ + m
+    d_rows = dense.repeat_interleave(nk)
+    d_cols = torch.arange(nk, device=device).repeat(dense.numel())
+    d_struct = d_rows // mq
+    d_full = complete[d_struct, d_cols]
+    # Distinct key-validity patterns of incomplete blocks, appended to the mask table.
+    patterns = key_ok[d_struct[~d_full], d_cols[~d_full]]  # [n, bn]
+    uniq, inverse = torch.unique(patterns, dim=0, return_inverse=True)
+    extra = pack_bits(uniq[:, None, :].expand(-1, lay.block_m, bn))
+    fr, fc, _ = lay.entries("full")
+    pr, pc, pm = lay.entries("part")
+    f_rows, f_cols = torch.cat([fr, d_rows[d_full]]), torch.cat([fc, d_cols[d_full]])
+    p_rows, p_cols = torch.cat([pr, d_rows[~d_full]]), torch.cat([pc, d_cols[~d_full]])
+    p_ids = torch.cat([pm, inverse + lay.mask_bits.shape[0]])
+    f_order = torch.argsort(f_rows * nk + f_cols)
+    p_order = torch.argsort(p_rows * nk + p_cols)
+    rows = (_csr(f_rows[f_order], lay.num_structures * mq), f_cols[f_order].to(torch.int32).contiguous(),
+            _csr(p_rows[p_order], lay.num_structures * mq), p_cols[p_order].to(torch.int32).contiguous(),
+            p_ids[p_order].to(torch.int32).contiguous(), torch.cat([lay.mask_bits, extra]).contiguous())
+    layout._cache["kernel_rows"] = rows
+    return rows
 
 
 def _interpreting() -> bool:
@@ -187,21 +215,18 @@ def triton_block_sparse_attention(
                          f"({lay.block_m}, {lay.block_n})")
     out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, h, lq), dtype=torch.float32, device=q.device) if return_lse else out
-    dense_rows = lay.dense_rows.view(torch.int8)
-    kv_order = lay.kv_order if lay.kv_order is not None else dense_rows  # a placeholder pointer when unused
+    full_ptr, full_idx, part_ptr, part_idx, part_mask, mask_bits = kernel_rows(lay)
     block_d = max(16, triton.next_power_of_2(d))
     grid = (lay.num_q_blocks * (lay.block_m // tile_m), b * h)
     _block_sparse_fwd[grid](
         q, k, v, out, lse,
-        lay.heads, lay.full_ptr, lay.full_idx, lay.part_ptr, lay.part_idx, lay.part_mask, dense_rows,
-        lay.mask_bits, kv_order,
+        lay.heads, full_ptr, full_idx, part_ptr, part_idx, part_mask, mask_bits,
         scale * _LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         lay.heads.stride(0) if lay.batch > 1 else 0,
-        h, lq, lk, d, lay.num_q_blocks, lay.num_kv_blocks, lay.kv_positions if lay.kv_order is not None else 0,
+        h, lq, lk, d, lay.num_q_blocks,
         BLOCK_M=tile_m, BLOCK_N=tile_n, BLOCK_D=block_d, SPLIT_M=lay.block_m // tile_m, SPLIT_N=lay.block_n // tile_n,
-        RETURN_LSE=return_lse, IEEE=q.dtype == torch.float32, HAS_KV_ORDER=lay.kv_order is not None,
-        num_warps=num_warps, num_stages=num_stages,
+        RETURN_LSE=return_lse, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     out = out.to(out_dtype)
     return (out, lse) if return_lse else out

@@ -29,6 +29,21 @@ class KernelConfig:
         return self.tile_m, self.tile_n, self.num_warps, self.num_stages
 
 
+# Per architecture and head dim: the kernel config for 128-token layout blocks. Chosen with
+# ``benchmarks/gpu_configs.py`` (compiled for every target; the largest tiles that fit and spill nothing).
+TABLE: dict[int, dict[int, KernelConfig]] = {
+    80: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
+    86: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
+    89: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
+    90: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 2)},
+    100: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 2)},
+    120: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
+}
+HEAD_DIMS = (64, 128)  # table rows; other head dims use the row of the next larger one (their tiles are padded)
+DTYPES = ("fp16", "bf16")
+BLOCK_SIZES = (32, 64, 128)  # the layout block sizes plans may use (headsparse.plan.BLOCK_SIZES)
+
+
 def _family(capability: int) -> int:
     """The table row an architecture uses: its own, or the nearest older one listed."""
     known = sorted(ARCHITECTURES)
@@ -37,15 +52,17 @@ def _family(capability: int) -> int:
 
 
 def config_for(capability: int, head_dim: int, block_m: int, block_n: int) -> KernelConfig:
-    """The attention kernel's config for an architecture (e.g. 90), head dim and layout block sizes."""
-    arch = _family(capability)
-    small_smem = ARCHITECTURES[arch] < 150_000
-    d = max(16, 1 << (head_dim - 1).bit_length())
-    tile_m = min(block_m, 64 if (d > 64 or small_smem) else 128)
-    tile_n = min(block_n, 64 if d > 64 else 128)
-    warps = 4
-    stages = 2 if (small_smem and d > 64) else 3
-    return KernelConfig(tile_m, tile_n, warps, stages)
+    """The attention kernel's config for an architecture (e.g. 90), head dim and layout block sizes.
+
+    Tiles never exceed the layout's blocks: smaller blocks get the table's config cut down to them, with
+    4 warps for tiles of 64 rows or fewer.
+    """
+    row = TABLE[_family(capability)]
+    dim = next((d for d in sorted(row) if d >= head_dim), max(row))
+    base = row[dim]
+    tile_m, tile_n = min(base.tile_m, block_m), min(base.tile_n, block_n)
+    warps = base.num_warps if tile_m >= 128 else 4
+    return KernelConfig(tile_m, tile_n, warps, base.num_stages)
 
 
 def launch_config(device: torch.device, head_dim: int, dtype: torch.dtype, block_m: int, block_n: int,
@@ -57,20 +74,16 @@ def launch_config(device: torch.device, head_dim: int, dtype: torch.dtype, block
     return config_for(10 * major + minor, head_dim, block_m, block_n).astuple()
 
 
-HEAD_DIMS = (64, 128)  # the head dims of the supported models (others round up to the next power of two)
-DTYPES = ("fp16", "bf16")
-
-
 def shipped_configs(archs: tuple[int, ...] | None = None, *, quick: bool = False):
-    """(arch, dtype, head dim, config, with log-sum-exp, with a key order) for every config the launcher can
-    pick: each architecture x head dim x dtype, plus the log-sum-exp and key-order variants of the largest
-    head dim. ``quick``: one dtype (the variants do not change tiles or stages)."""
+    """(arch, dtype, head dim, layout block, config, with log-sum-exp) for every launch the table can make:
+    each architecture x head dim x block size x dtype, and the log-sum-exp variant of each. ``quick``: bf16
+    only, and the log-sum-exp variant of 128-token blocks only."""
     dtypes = DTYPES[-1:] if quick else DTYPES
     for arch in archs or tuple(ARCHITECTURES):
         for head_dim in HEAD_DIMS:
-            config = config_for(arch, head_dim, 128, 128)
-            for dtype in dtypes:
-                yield arch, dtype, head_dim, config, False, False
-        config = config_for(arch, HEAD_DIMS[-1], 128, 128)
-        yield arch, DTYPES[-1], HEAD_DIMS[-1], config, True, False
-        yield arch, DTYPES[-1], HEAD_DIMS[-1], config, False, True
+            for block in BLOCK_SIZES:
+                config = config_for(arch, head_dim, block, block)
+                for dtype in dtypes:
+                    yield arch, dtype, head_dim, block, config, False
+                if block == 128 or not quick:
+                    yield arch, DTYPES[-1], head_dim, block, config, True

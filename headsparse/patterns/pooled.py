@@ -11,6 +11,7 @@ recognition interval) from the attention's own inputs.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -66,7 +67,15 @@ class PooledBlocks(Pattern):
         raise TypeError("the pooled pattern is dynamic: build its layout with layout_from_qk(q, k, geometry, block)")
 
     def block_kinds_from_qk(self, q: Tensor, k: Tensor, geometry: Geometry, block: int) -> Tensor:
-        """int8 [H, MQ, NK] block map from q, k [H, L, D] (one batch item) in original token order."""
+        """int8 [H, MQ, NK] block map from q, k [H, L, D] (one batch item) in original token order.
+
+        Everything runs on q's device and nothing is read back: the forced blocks (text, first frame,
+        diagonal) come from a per-geometry cache on that device.
+        """
+        return torch.where(self.keep_blocks(q, k, geometry, block), BLOCK_FULL, BLOCK_SKIP).to(torch.int8)
+
+    def keep_blocks(self, q: Tensor, k: Tensor, geometry: Geometry, block: int) -> Tensor:
+        """bool [H, MQ, NK]: the blocks this pattern keeps for q, k [H, L, D] (see :meth:`block_kinds_from_qk`)."""
         if q.shape[-2] != geometry.seq_len or k.shape[-2] != geometry.seq_len:
             raise ValueError(f"q/k have {q.shape[-2]}/{k.shape[-2]} tokens, the geometry {geometry.seq_len}")
         qb, kb = mean_pool(q, block), mean_pool(k, block)
@@ -79,20 +88,26 @@ class PooledBlocks(Pattern):
             ordered, order = probs.sort(-1, descending=True)
             before = ordered.cumsum(-1) - ordered  # mass of the blocks ranked above
             keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, before < self.cdf)
-        idx = torch.arange(min(mq, nk))
-        keep[:, idx, idx] = True
-        _, _, _, is_text = geometry.coords(torch.arange(geometry.seq_len))
-        text_blocks = _block_flags(is_text, block)
-        if self.text_dense:
-            keep[:, :, text_blocks] = True
-            keep[:, text_blocks, :] = True
-        if self.first_frame:
-            first = geometry.frame_of_token() == 0
-            keep[:, :, _block_flags(first, block)] = True
-        return torch.where(keep, BLOCK_FULL, BLOCK_SKIP).to(torch.int8)
+        rows, cols = _forced_blocks(geometry, block, self.text_dense, self.first_frame, str(q.device))
+        return keep | rows[:, None] | cols[None, :] | torch.eye(mq, nk, dtype=torch.bool, device=q.device)
 
-    def layout_from_qk(self, q: Tensor, k: Tensor, geometry: Geometry, block: int) -> Layout:
-        """The Layout of ``H`` heads from q, k [H, L, D]."""
-        kinds = self.block_kinds_from_qk(q, k, geometry, block)
-        return Layout.from_block_map(kinds > 0, q_len=geometry.seq_len, kv_len=geometry.seq_len, block_m=block,
-                                     block_n=block)
+    def layout_from_qk(self, q: Tensor, k: Tensor, geometry: Geometry, block: int, *,
+                       on_device: bool = False) -> Layout:
+        """The Layout of ``H`` heads from q, k [H, L, D] (``on_device``: no synchronisation, see
+        :meth:`Layout.from_block_map`)."""
+        return Layout.from_block_map(self.keep_blocks(q, k, geometry, block), q_len=geometry.seq_len,
+                                     kv_len=geometry.seq_len, block_m=block, block_n=block, on_device=on_device)
+
+
+@functools.lru_cache(maxsize=64)
+def _forced_blocks(geometry: Geometry, block: int, text_dense: bool, first_frame: bool,
+                   device: str) -> tuple[Tensor, Tensor]:
+    """(query blocks kept whole, key blocks every query keeps) as bool [MQ], [NK] on ``device``: text blocks both
+    ways (``text_dense``), first-frame key blocks (``first_frame``)."""
+    is_text = geometry.coords(torch.arange(geometry.seq_len))[3]
+    text = _block_flags(is_text, block)
+    rows = text if text_dense else torch.zeros_like(text)
+    cols = rows.clone()
+    if first_frame:
+        cols |= _block_flags(geometry.frame_of_token() == 0, block)
+    return rows.to(device), cols.to(device)

@@ -61,14 +61,20 @@ def sample_rows(geometry: Geometry, samples: int, seed: int) -> Tensor:
     return video[edges[:-1] + offsets]
 
 
-def _row_mask(pattern: Pattern, geometry: Geometry, rows: tuple[int, ...]) -> Tensor:
-    """bool [n, L]: the pattern's mask on sampled rows (in the byte-bounded layout cache: 4 MB each at 120k
-    tokens and 32 rows)."""
+def _row_mask(pattern: Pattern, geometry: Geometry, rows: tuple[int, ...], device: str = "cpu") -> Tensor:
+    """bool [n, L]: the pattern's mask on sampled rows, kept on ``device`` (in the byte-bounded layout cache:
+    4 MB each at 120k tokens and 32 rows), so a recognition moves nothing from the host."""
     def build() -> Tensor:
         idx = torch.arange(geometry.seq_len)
-        return pattern.mask(geometry, torch.tensor(rows)[:, None], idx[None, :])
+        return pattern.mask(geometry, torch.tensor(rows)[:, None], idx[None, :]).to(device)
 
-    return CACHE.get(("rows", pattern, geometry, rows), build)
+    return CACHE.get(("rows", pattern, geometry, rows, device), build)
+
+
+@functools.lru_cache(maxsize=64)
+def _on_device(rows: Tensor, device: str) -> Tensor:
+    """The sampled rows on the attention's device, moved once per geometry and device."""
+    return rows.to(device)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -105,15 +111,15 @@ class SampledAttention:
         self._key = tuple(self.rows.tolist())
         scale = scale if scale is not None else 1 / math.sqrt(dim)
         # Products run in the inputs' dtype (fast bf16 on CPUs that have it); softmax and masses in fp32.
-        logits = (q0[:, self.rows.to(q0.device)] @ k0.transpose(-1, -2)).float() * scale  # [H, n, L]
+        logits = (q0[:, _on_device(self.rows, str(q0.device))] @ k0.transpose(-1, -2)).float() * scale  # [H, n, L]
         self.probs = torch.softmax(logits, dim=-1)
         self.full = (self.probs.to(self.v.dtype) @ self.v).float()  # [H, n, D]
         self.full_norm = self.full.norm(dim=(-1, -2)).clamp_min(1e-12)
         self.min_mass = min_mass
 
     def pattern_mask(self, pattern: Pattern) -> Tensor:
-        """bool [n, L]: the pattern's mask on the sampled rows."""
-        return _row_mask(pattern, self.geometry, self._key).to(self.probs.device)
+        """bool [n, L]: the pattern's mask on the sampled rows (on the attention's device)."""
+        return _row_mask(pattern, self.geometry, self._key, str(self.probs.device))
 
     def errors(self, masks: Tensor, heads: Tensor | None = None) -> Tensor:
         """Relative output error per head (all, or those in ``heads``) under masks [n, L] or [h, n, L]."""

@@ -196,13 +196,29 @@ def make_pre_hook(state: TransformerState) -> Callable[..., None]:
     return pre_hook
 
 
-def dynamic_layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, q: Tensor, k: Tensor) -> Layout:
-    """A layer whose heads include dynamic patterns (pooled): built from this call's q/k (item 0)."""
-    kinds = {
-        h: p.block_kinds_from_qk(q[0, h : h + 1], k[0, h : h + 1], geometry, block)[0]  # type: ignore[attr-defined]
-        for h, p in enumerate(heads) if getattr(p, "dynamic", False)
-    }
-    return heads_layout(heads, geometry, block, kinds).to(q.device)
+def dynamic_layer_attention(q: Tensor, k: Tensor, v: Tensor, heads: tuple[Pattern, ...], geometry: Geometry,
+                            block: int, scale: float | None, backend: Backend) -> Tensor:
+    """A layer whose heads include dynamic patterns (pooled), q/k/v [B, H, L, D]: each dynamic setting's heads
+    choose their blocks from this call's q/k (batch item 0) and run as one layout built on the device with no
+    synchronisation (:meth:`Layout.from_block_map` with ``on_device``); the static heads run their cached layout."""
+    groups: dict[Pattern | None, list[int]] = {}
+    for h, p in enumerate(heads):
+        groups.setdefault(p if getattr(p, "dynamic", False) else None, []).append(h)
+
+    def run_dynamic(pattern: Any) -> HeadGroupRun:
+        def run(qs: Tensor, ks: Tensor, vs: Tensor) -> Tensor:
+            layout = pattern.layout_from_qk(qs[0], ks[0], geometry, block, on_device=True)
+            return sparse_attention(qs, ks, vs, layout, scale=scale, backend=backend)
+        return run
+
+    def run_static(idx: list[int]) -> HeadGroupRun:
+        layout = layer_layout(tuple(heads[h] for h in idx), geometry, block, str(q.device))
+        return lambda qs, ks, vs: sparse_attention(qs, ks, vs, layout, scale=scale, backend=backend)
+
+    runs = [(idx, run_static(idx) if p is None else run_dynamic(p)) for p, idx in groups.items()]
+    if len(runs) == 1:
+        return runs[0][1](q, k, v)
+    return attention_by_head_groups(q, k, v, runs)
 
 
 def layer_layout(heads: tuple[Pattern, ...], geometry: Geometry, block: int, device: str) -> Layout:
@@ -795,9 +811,8 @@ class AttentionRouter:
         backend = self.state.backend
         if valid is None:
             if dynamic:
-                layout = dynamic_layer_layout(heads, geometry, block, q, k)
-            else:
-                layout = layer_layout(heads, geometry, block, str(q.device))
+                return dynamic_layer_attention(q, k, v, heads, geometry, block, scale, backend)
+            layout = layer_layout(heads, geometry, block, str(q.device))
             return sparse_attention(q, k, v, layout, scale=scale, backend=backend)
         # Padded tokens (HunyuanVideo's and Qwen-Image's text, Lumina 2 / Z-Image items packed to the longest
         # one, Chroma's text): each item runs on its valid tokens, in order, which keep the model's token order
