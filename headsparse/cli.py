@@ -1,8 +1,9 @@
 """The ``headsparse`` command.
 
 ``generate`` runs a pipeline dense and/or with headsparse and reports speed and fidelity; ``demo``
-does that on the embedded moving-shapes model (trained in-house); ``search`` writes a per-head plan
-for a local pipeline; ``inspect`` shows a plan; ``bench`` runs a benchmark script and prints its table.
+does that on the embedded model (trained in-house); ``search`` writes a per-head plan for a pipeline;
+``inspect`` shows a plan; ``bench`` runs a benchmark script and prints its table; ``doctor`` says what
+runs where on this machine and checks the GPU kernels statically.
 """
 
 from __future__ import annotations
@@ -198,6 +199,44 @@ def _demo(args: argparse.Namespace) -> int:
                                          repeats=args.repeats))
 
 
+def _architecture(text: str) -> int:
+    from headsparse.kernels.triton_configs import ARCHITECTURES
+
+    if not text.isdigit() or int(text) not in ARCHITECTURES:
+        known = ", ".join(map(str, ARCHITECTURES))
+        raise argparse.ArgumentTypeError(f"{text!r} is not an architecture headsparse ships configs for ({known})")
+    return int(text)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from headsparse import doctor
+
+    if args.calibrate_cpu:
+        from headsparse.kernels.cpu_profile import measure_cpu_profile
+
+        profile, rows = measure_cpu_profile()
+        for r in rows:
+            _say(f"  {r['choice']}: {r['option']} {r['seconds']:.3f} s")
+        _say(f"measured and cached: {profile}")
+    if not args.gpu_static:
+        _say(doctor.report())
+        return 0
+    from headsparse.kernels.gpu_static import triton_targets
+
+    archs = tuple(args.archs) if args.archs else triton_targets()
+    if not archs:
+        print("headsparse: error: this Triton has no NVIDIA backend to compile for", file=sys.stderr)
+        return 2
+    _say(f"compiling every shipped Triton config for sm_{', sm_'.join(map(str, archs))} (no GPU needed)...")
+    results = doctor.check_shipped(archs, quick=args.quick)
+    _say(doctor.static_table(results))
+    bad = [r for r in results if not r.ok]
+    _say(f"{len(results) - len(bad)} of {len(results)} configs compile, fit shared memory and spill nothing")
+    for r in bad:
+        _say(f"  FAILED {r.kernel} sm_{r.arch} D={r.head_dim} {r.dtype} {r.config}: {r.problem()}")
+    return 1 if bad else 0
+
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -313,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", help="calibration cache file: an interrupted search resumes from it")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_search)
+    doc = sub.add_parser("doctor", help="versions, device, which executor runs each kind of head, caches; "
+                                        "--gpu-static checks the Triton kernels for every NVIDIA architecture")
+    doc.add_argument("--gpu-static", action="store_true",
+                     help="compile every shipped Triton config for sm_80..sm_120 (no GPU needed): registers, spills, "
+                          "shared memory; exit 1 if any fails")
+    doc.add_argument("--archs", type=_architecture, nargs="+", metavar="ARCH",
+                     help="with --gpu-static: only these compute capabilities (e.g. 86 90)")
+    doc.add_argument("--quick", action="store_true", help="with --gpu-static: bf16 only (the CI subset)")
+    doc.add_argument("--calibrate-cpu", action="store_true",
+                     help="measure this CPU's executor profile (FlexAttention dtype, grouped threshold) and cache it")
+    doc.set_defaults(func=_doctor)
     i = sub.add_parser("inspect", help="print a plan's per-layer table and write its heatmap PNG")
     i.add_argument("plan")
     i.add_argument("--png", help="heatmap path (default: the plan's path with .png)")

@@ -110,3 +110,18 @@ def test_search_on_the_shipped_model_then_inspect_and_generate_with_the_plan(tmp
                       "--num-frames", "2", "--height", "16", "--width", "16", "--dtype", "fp32", "--cost", "blocks",
                       "--out", str(tmp_path / "p2.json"))
     assert by_path.returncode == 0, by_path.stderr
+
+
+def test_doctor_reports_device_executors_and_caches(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "versions: python" in out and "torch" in out
+    assert "CPU: " in out and "CUDA: no device" in out
+    assert "dense heads: torch SDPA" in out and "FlexAttention" in out
+    assert "layout cache:" in out and "HEADSPARSE_LAYOUT_CACHE_BYTES" in out
+
+
+def test_doctor_gpu_static_names_an_unknown_architecture(capsys):
+    with pytest.raises(SystemExit):
+        main(["doctor", "--gpu-static", "--archs", "75"])
+    assert "75" in capsys.readouterr().err

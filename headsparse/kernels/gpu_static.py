@@ -4,17 +4,20 @@
 shared-memory size); Triton's own ``ptxas`` then reports registers and spills. :func:`check_config`
 does both for one launch config, specialised the way Triton's JIT specialises a real launch
 (contiguous head dimension: stride 1 is a constant; pointers and the other strides divisible by 16),
-and :func:`check_table` for every shipped config of :mod:`headsparse.kernels.triton_configs`. A config
+and :func:`check_shipped` every shipped config of :mod:`headsparse.kernels.triton_configs`. A config
 passes when it compiles, fits the architecture's shared memory, and spills nothing.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,9 +146,22 @@ def _permute_source(dtype: str, head_dim: int):
     return ASTSource(fn=_gather_rows_kernel, signature=signature, constexprs=constants, attrs=attrs)
 
 
+def _interpreted() -> bool:
+    """Whether this process defined the kernels for Triton's interpreter (they cannot be compiled then)."""
+    from headsparse.kernels.triton_attention import _block_sparse_fwd
+
+    return not hasattr(_block_sparse_fwd, "cache_key")
+
+
 def check_config(arch: int, dtype: str, head_dim: int, config: KernelConfig, *, block_m: int = 128,
                  block_n: int = 128, lse: bool = False, kernel: str = "attention") -> StaticResult:
-    """Compile one kernel config for ``arch`` (e.g. 86) and report shared memory, registers and spills."""
+    """Compile one kernel config for ``arch`` (e.g. 86) and report shared memory, registers and spills.
+
+    Under ``TRITON_INTERPRET=1`` (the tests) the kernels are interpreted functions, so the compile runs in
+    a fresh process without the flag.
+    """
+    if _interpreted():
+        return _run_jobs([(arch, dtype, head_dim, (block_m, block_n), config, lse, kernel)], 1)[0]
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -171,16 +187,52 @@ def check_config(arch: int, dtype: str, head_dim: int, config: KernelConfig, *, 
                         loads, time.perf_counter() - start, error)
 
 
-def check_table(archs: tuple[int, ...] | None = None, *, quick: bool = False) -> list[StaticResult]:
-    """Every shipped config (:func:`shipped_configs`) for every architecture; ``quick``: one head dim and
-    dtype per distinct config (what CI runs)."""
-    results = []
-    for arch, dtype, head_dim, block, config, lse in shipped_configs(archs, quick=quick):
-        results.append(check_config(arch, dtype, head_dim, config, block_m=block, block_n=block, lse=lse))
+def _check(args: tuple) -> StaticResult:
+    arch, dtype, head_dim, block, config, lse, kernel = args
+    block_m, block_n = block if isinstance(block, tuple) else (block, block)
+    return check_config(arch, dtype, head_dim, config, block_m=block_m, block_n=block_n, lse=lse, kernel=kernel)
+
+
+def static_jobs(archs: tuple[int, ...] | None, quick: bool) -> list[tuple]:
+    """One job per distinct compile: the attention kernel's shipped configs, and the permutation kernel."""
+    jobs = [(arch, dtype, d, block, config, lse, "attention")
+            for arch, dtype, d, block, config, lse in shipped_configs(archs, quick=quick)]
     for arch in archs or tuple(ARCHITECTURES):
-        for head_dim in ((128,) if quick else (64, 128)):
-            results.append(check_config(arch, "bf16", head_dim, KernelConfig(0, 0, 4, 1), kernel="permute"))
-    return results
+        for d in (128,) if quick else (64, 128):
+            jobs.append((arch, "bf16", d, 128, KernelConfig(0, 0, 4, 1), False, "permute"))
+    return jobs
+
+
+def check_shipped(archs: tuple[int, ...] | None = None, *, quick: bool = False, workers: int | None = None,
+                  progress: Callable[[StaticResult], None] | None = None) -> list[StaticResult]:
+    """Compile every shipped config for every architecture (processes in parallel: a compile is seconds)."""
+    jobs = static_jobs(archs, quick)
+    return _run_jobs(jobs, workers or max(1, min(len(jobs), os.cpu_count() or 1)), progress)
+
+
+def _run_jobs(jobs: list[tuple], workers: int, progress: Callable[[StaticResult], None] | None = None,
+              ) -> list[StaticResult]:
+    interpreted = _interpreted()
+    if workers == 1 and not interpreted:
+        results = []
+        for job in jobs:
+            results.append(_check(job))
+            if progress:
+                progress(results[-1])
+        return results
+    # Workers start fresh (spawn) without the interpreter flag, so they import compilable kernels.
+    flag = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        results = []
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for result in pool.map(_check, jobs):
+                results.append(result)
+                if progress:
+                    progress(result)
+        return results
+    finally:
+        if flag is not None:
+            os.environ["TRITON_INTERPRET"] = flag
 
 
 def triton_targets() -> tuple[int, ...]:

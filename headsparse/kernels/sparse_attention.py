@@ -28,6 +28,7 @@ from headsparse.kernels.layout import Layout
 from headsparse.kernels.masked import masked_block_attention
 from headsparse.kernels.permute import permute_tokens, triton_available
 from headsparse.kernels.triton_attention import triton_block_sparse_attention
+from headsparse.kernels.triton_configs import kernel_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> st
     docstring.
     """
     kind = device_kind(q.device)
-    if kind == "cuda" and not layout.checked and triton_available(q.device):
+    if kind == "cuda" and not layout.checked and _triton_runs(layout, q.device):
         return "triton"
     if layout.is_dense() and not return_lse:
         return "sdpa"
@@ -100,10 +101,15 @@ def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> st
         if needs_eager:
             return "masked"
     elif return_lse:
-        return "triton" if triton_available(q.device) else "masked"
+        return "triton" if _triton_runs(layout, q.device) else "masked"
     if layout.num_heads > 1 and len(head_groups(layout, kind)) > 1:
         return "per-head"
     return _executor(layout, kind, q.device)
+
+
+def _triton_runs(layout: Layout, device: torch.device) -> bool:
+    """The Triton kernel runs here and its config table covers the layout's block sizes."""
+    return triton_available(device) and kernel_blocks(layout.block_m, layout.block_n)
 
 
 def _executor(layout: Layout, kind: str, device: torch.device | None = None) -> str:
@@ -120,7 +126,7 @@ def _decide_executor(layout: Layout, kind: str, device: torch.device | None) -> 
     if kind == "cuda":
         if float(layout.block_density().max()) >= CUDA_MASKED_CROSSOVER:
             return "masked"
-        return "triton" if device is None or triton_available(device) else "masked"
+        return "triton" if device is None or _triton_runs(layout, device) else "masked"
     if mean_group_rows(layout) >= cpu_profile().grouped_min_rows:
         return "grouped"
     # Masked dense SDPA never beat FlexAttention on this CPU (at 75% of blocks: 1.60 vs 1.19 of

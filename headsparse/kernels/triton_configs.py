@@ -29,15 +29,25 @@ class KernelConfig:
         return self.tile_m, self.tile_n, self.num_warps, self.num_stages
 
 
-# Per architecture and head dim: the kernel config for 128-token layout blocks. Chosen with
-# ``benchmarks/gpu_configs.py`` (compiled for every target; the largest tiles that fit and spill nothing).
-TABLE: dict[int, dict[int, KernelConfig]] = {
-    80: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
-    86: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
-    89: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
-    90: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 2)},
-    100: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 2)},
-    120: {64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 3)},
+# Per architecture, head dim and layout block size (the smaller of the query and key blocks): the kernel
+# config. Chosen with ``benchmarks/gpu_configs.py`` (every candidate compiled for every target; results in
+# ``benchmarks/results/gpu_configs.md``): the largest tiles that fit and spill nothing in every variant
+# (fp16, bf16, with the log-sum-exp). Where the 4-warp 32x32 tile spills (sm_86/89 at head dim 64 with the
+# log-sum-exp, sm_100/120 at 128), 2 warps hold it in registers.
+_C = KernelConfig
+TABLE: dict[int, dict[int, dict[int, KernelConfig]]] = {
+    80: {64: {128: _C(128, 64, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)},
+         128: {128: _C(128, 64, 8, 3), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)}},
+    86: {64: {128: _C(128, 64, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 2, 2)},
+         128: {128: _C(128, 64, 8, 3), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)}},
+    89: {64: {128: _C(128, 64, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 2, 2)},
+         128: {128: _C(128, 64, 8, 3), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)}},
+    90: {64: {128: _C(128, 64, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)},
+         128: {128: _C(128, 64, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)}},
+    100: {64: {128: _C(128, 32, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)},
+          128: {128: _C(128, 64, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 2, 2)}},
+    120: {64: {128: _C(128, 64, 8, 2), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 4, 2)},
+          128: {128: _C(128, 64, 8, 3), 64: _C(64, 64, 8, 2), 32: _C(32, 32, 2, 2)}},
 }
 HEAD_DIMS = (64, 128)  # table rows; other head dims use the row of the next larger one (their tiles are padded)
 DTYPES = ("fp16", "bf16")
@@ -54,15 +64,20 @@ def _family(capability: int) -> int:
 def config_for(capability: int, head_dim: int, block_m: int, block_n: int) -> KernelConfig:
     """The attention kernel's config for an architecture (e.g. 90), head dim and layout block sizes.
 
-    Tiles never exceed the layout's blocks: smaller blocks get the table's config cut down to them, with
-    4 warps for tiles of 64 rows or fewer.
+    Blocks that differ use the entry of the smaller one (its tiles divide both); a head dim between table
+    rows uses the next larger row (its tiles are padded to that width).
     """
+    for name, block in (("block_m", block_m), ("block_n", block_n)):
+        if block not in BLOCK_SIZES:
+            raise ValueError(f"{name}={block}: layout blocks are one of {BLOCK_SIZES}")
     row = TABLE[_family(capability)]
     dim = next((d for d in sorted(row) if d >= head_dim), max(row))
-    base = row[dim]
-    tile_m, tile_n = min(base.tile_m, block_m), min(base.tile_n, block_n)
-    warps = base.num_warps if tile_m >= 128 else 4
-    return KernelConfig(tile_m, tile_n, warps, base.num_stages)
+    return row[dim][min(block_m, block_n)]
+
+
+def kernel_blocks(block_m: int, block_n: int) -> bool:
+    """Whether the table has a checked config for these layout blocks (other sizes run another executor)."""
+    return block_m in BLOCK_SIZES and block_n in BLOCK_SIZES
 
 
 def launch_config(device: torch.device, head_dim: int, dtype: torch.dtype, block_m: int, block_n: int,
