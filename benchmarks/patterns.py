@@ -1,9 +1,12 @@
 """Every pattern at a Wan-480p-like grid: density, layout build time, attention time vs dense.
 
 Geometry 21x30x52 tokens (32760), 12 heads, D=128 by default. For each pattern: the fraction of
-(query, key) pairs kept, the time to build its 12-head layout (cold cache), the executor `auto`
-picks, and sparse/dense attention time measured side by side in one process (min of runs after a
-warm-up).
+(query, key) pairs kept, the time to build its 12-head layout (cold cache, timed on its own: not
+part of the attention time), the executor `auto` picks, and its attention time against dense SDPA.
+Timing: every layout is built first, every path is called once untimed (compilation), then dense
+and all the patterns take turns in one ``headsparse.timing.interleaved`` call (dense, pattern 1,
+..., pattern 12 in every round) for ``--repeats`` rounds: medians, the ratio of the medians and
+the range of the per-round ratios. A pattern whose output equals dense's is reported as such.
 
     python benchmarks/patterns.py                  # the full table
     python benchmarks/patterns.py --frames 5       # a smaller grid (7800 tokens)
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from headsparse.kernels import choose_backend, sparse_attention
-from headsparse.machine import device_name
+from headsparse.machine import device_line, device_report
 from headsparse.patterns import (
     Diagonal,
     Geometry,
@@ -34,7 +37,7 @@ from headsparse.patterns import (
     VerticalStripe,
 )
 from headsparse.patterns.base import clear_layout_cache
-from headsparse.timing import best_time
+from headsparse.timing import interleaved, ratio_cell, ratio_spread, spread_cell
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES
@@ -58,40 +61,57 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds after the warm-up")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "patterns_cpu.md")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     g = Geometry(args.frames, args.height, args.width)
     q, k, v = (torch.randn(1, args.heads, g.seq_len, args.head_dim, dtype=DTYPES[args.dtype]) for _ in range(3))
-    rows = []
+    built = []  # (label, layout, build seconds, executor)
+    for pattern in PATTERNS:
+        clear_layout_cache()
+        start = time.perf_counter()
+        layout = pattern.layout(g, num_heads=args.heads)
+        built.append((repr(pattern), layout, time.perf_counter() - start, choose_backend(q, layout)))
+    paths = {"dense": partial(F.scaled_dot_product_attention, q, k, v)}
+    paths.update({label: partial(sparse_attention, q, k, v, layout) for label, layout, _, _ in built})
     with torch.inference_mode():
-        dense = best_time(partial(F.scaled_dot_product_attention, q, k, v), 1)
-        print(f"{g} L={g.seq_len} {args.dtype}: dense SDPA {dense:.2f} s", flush=True)
-        for pattern in PATTERNS:
-            clear_layout_cache()
-            start = time.perf_counter()
-            layout = pattern.layout(g, num_heads=args.heads)
-            build = time.perf_counter() - start
-            backend = choose_backend(q, layout)
-            t = best_time(partial(sparse_attention, q, k, v, layout), args.repeats)
-            row = (repr(pattern), float(layout.density().mean()), float(layout.block_density().mean()), build,
-                   backend, t, t / dense)
-            rows.append(row)
-            print(f"  {row[0]:80s} density {row[1]:.3f} blocks {row[2]:.3f} build {build:.2f} s "
-                  f"{backend:8s} {t:.2f} s ratio {row[6]:.3f}", flush=True)
+        dense_out = paths["dense"]()  # the warm-up: every path once, untimed; outputs compared with dense's
+        identical = {label: torch.equal(paths[label](), dense_out) for label, _, _, _ in built}
+        del dense_out
+        times = interleaved(paths, args.repeats, warmup=False)
+    dense = times["dense"]
+    print(f"{g} L={g.seq_len} {args.dtype}: dense SDPA {spread_cell(dense)} s", flush=True)
+    rows = []
+    for label, layout, build, backend in built:
+        ratio, rounds = ratio_spread(times[label], dense)
+        row = {"pattern": label, "density": float(layout.density().mean()),
+               "block_density": float(layout.block_density().mean()), "build_s": build, "executor": backend,
+               "sparse": spread_cell(times[label]), "ratio": ratio, "ratio_low": rounds.low,
+               "ratio_high": rounds.high, "cell": ratio_cell(ratio, rounds, identical=identical[label])}
+        rows.append(row)
+        print(f"  {label:80s} density {row['density']:.3f} blocks {row['block_density']:.3f} build {build:.2f} s "
+              f"{backend:8s} {row['sparse']} s ratio {row['cell']}", flush=True)
     lines = [
         "# Patterns at a Wan-like grid: density, layout build time, attention time vs dense",
         "",
-        f"Device: CPU ({device_name()}, {torch.get_num_threads()} threads), torch {torch.__version__}. "
+        f"Device: {device_line(device_report('cpu'))}, torch {torch.__version__}. "
         f"Geometry {g.frames}x{g.height}x{g.width} ({g.seq_len} tokens), B=1, H={args.heads}, D={args.head_dim}, "
-        f"{args.dtype}, blocks 128. Dense SDPA {dense:.2f} s. Min of {args.repeats} runs after a warm-up.",
+        f"{args.dtype}, blocks 128. Times: median of {args.repeats} interleaved rounds after a warm-up (dense SDPA "
+        "and every pattern once per round, in table order, in one process), with the min-max; sparse/dense = ratio "
+        "of the medians, with the min-max of the per-round ratios (lower is faster). Build = the layout's "
+        "construction from a cold cache, timed separately and not part of the attention time. "
+        f"Dense SDPA {spread_cell(dense)} s.",
         "",
         f"Command: `python benchmarks/patterns.py {' '.join(argv)}`",
         "",
-        "| pattern | density | block density | build s | executor | sparse s | sparse/dense |",
+        "| pattern | density | block density | build s | executor | sparse s (median, min-max) "
+        "| sparse/dense (per-round range) |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| `{r[0]}` | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.2f} | {r[4]} | {r[5]:.2f} | {r[6]:.3f} |" for r in rows]
+    lines += [f"| `{r['pattern']}` | {r['density']:.3f} | {r['block_density']:.3f} | {r['build_s']:.2f} | "
+              f"{r['executor']} | {r['sparse']} | {r['cell']} |" for r in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

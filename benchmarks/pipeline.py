@@ -2,10 +2,12 @@
 
 A real ``WanTransformer3DModel`` with random weights and Wan 2.1 1.3B dimensions (hidden 1536,
 12 heads of 128, FFN 8960, text 4096) but only a few blocks, run on a latent that patchifies to
-21x30x52 tokens (32760, Wan 480p 81 frames). Each configuration is timed side by side with the
-dense model in one process (min of runs after a warm-up that builds layouts and compiles), and its
-output is compared with the dense output (relative L2). Weights are random, so the error says
-how much each pattern changes *this* network, not how a trained model's video would look.
+21x30x52 tokens (32760, Wan 480p 81 frames). Every configuration runs on its own copy of the model,
+patched once; each path (dense and every configuration) is called once untimed (layouts, compilation),
+then all take turns in one ``headsparse.timing.interleaved`` call for ``--repeats`` rounds: medians,
+the ratio of the medians and the range of the per-round ratios. Its output is compared with the
+dense output (relative L2; identical outputs claim no speed-up). Weights are random, so the error
+says how much each pattern changes *this* network, not how a trained model's video would look.
 
     python benchmarks/pipeline.py                       # the table in results/pipeline_cpu.md
     python benchmarks/pipeline.py --frames 5 --layers 1 # smaller and faster
@@ -14,17 +16,19 @@ how much each pattern changes *this* network, not how a trained model's video wo
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import headsparse
-from headsparse.machine import device_name
+from headsparse.machine import device_line, device_report
 from headsparse.patterns import Spatial, Temporal
 from headsparse.plan import LayerPlan, ModelPlan, Phase
-from headsparse.timing import best_time
+from headsparse.timing import Spread, interleaved, ratio_cell, ratio_spread, spread_cell
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import DTYPES
@@ -48,7 +52,7 @@ def build_model(layers: int, dtype: torch.dtype, *, hidden_heads: int = 12, head
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The Wan-like model's size, dtype and repeat count (shared with benchmarks/online.py)."""
+    """The Wan-like model's size, dtype and repeat count (shared with benchmarks/online.py and search.py)."""
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=128)
@@ -56,15 +60,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-dim", type=int, default=4096)
     p.add_argument("--text-len", type=int, default=512)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds after the warm-up")
 
 
-def model_and_step(args: argparse.Namespace, grid: tuple[int, int, int]
-                   ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
-    """The model of ``args`` and one denoising call of it on a latent of ``grid`` tokens (timestep 500)."""
+def step_for(model: torch.nn.Module, args: argparse.Namespace, grid: tuple[int, int, int]
+             ) -> Callable[[], torch.Tensor]:
+    """One denoising call of ``model`` on a latent of ``grid`` tokens (timestep 500); the inputs are drawn
+    from fixed seeds, so every model (and every copy of one) gets the same."""
     dtype = DTYPES[args.dtype]
-    model = build_model(args.layers, dtype, hidden_heads=args.heads, head_dim=args.head_dim, ffn=args.ffn,
-                        text_dim=args.text_dim)
     f, h, w = grid
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, f, 2 * h, 2 * w, generator=g).to(dtype)
@@ -74,7 +77,33 @@ def model_and_step(args: argparse.Namespace, grid: tuple[int, int, int]
         with torch.no_grad():
             return model(x, torch.tensor([500]), text, return_dict=False)[0]
 
-    return model, step
+    return step
+
+
+def model_and_step(args: argparse.Namespace, grid: tuple[int, int, int]
+                   ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """The model of ``args`` and one denoising call of it on a latent of ``grid`` tokens (timestep 500)."""
+    model = build_model(args.layers, DTYPES[args.dtype], hidden_heads=args.heads, head_dim=args.head_dim,
+                        ffn=args.ffn, text_dim=args.text_dim)
+    return model, step_for(model, args, grid)
+
+
+def patched_copies(model: torch.nn.Module, args: argparse.Namespace, grid: tuple[int, int, int],
+                   configs: dict[str, dict[str, Any]]) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, Any]]:
+    """The paths an interleaved timing takes turns over: ``"dense"`` (``model`` itself, unpatched) and, per
+    configuration, a copy of ``model`` patched once with its ``headsparse.patch`` keyword arguments and kept
+    patched (so nothing is patched, recognised or built inside a timed call after the warm-up).
+
+    Returns ({label: step}, {label: patch handle}); unpatch the handles (or drop the copies) when done.
+    """
+    headsparse.unpatch(model)  # a no-op unless something left it patched: dense must be dense
+    paths = {"dense": step_for(model, args, grid)}
+    handles = {}
+    for label, kwargs in configs.items():
+        twin = copy.deepcopy(model)
+        handles[label] = headsparse.patch(twin, **kwargs)
+        paths[label] = step_for(twin, args, grid)
+    return paths, handles
 
 
 def mixed_plan(model: torch.nn.Module, layer_names: list[str], heads: int) -> ModelPlan:
@@ -82,6 +111,10 @@ def mixed_plan(model: torch.nn.Module, layer_names: list[str], heads: int) -> Mo
     half = (Spatial(),) * (heads // 2) + (Temporal(),) * (heads - heads // 2)
     layers = tuple(LayerPlan(n, (Phase(0, half),)) for n in layer_names)
     return ModelPlan(type(model).__name__, heads, layers)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -93,42 +126,46 @@ def main(argv: list[str] | None = None) -> list[dict]:
     add_model_arguments(p)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_cpu.md")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
 
-    model, step = model_and_step(args, (args.frames, args.height, args.width))
+    grid = (args.frames, args.height, args.width)
+    model, _ = model_and_step(args, grid)
     tokens = args.frames * args.height * args.width
     print(f"Wan-like transformer: {args.layers} blocks, {args.heads}x{args.head_dim} heads, "
-          f"{args.frames}x{args.height}x{args.width} = {tokens} tokens, {args.dtype}, {device_name()}")
+          f"{args.frames}x{args.height}x{args.width} = {tokens} tokens, {args.dtype}, "
+          f"{device_line(device_report('cpu'))}")
 
-    dense_before = best_time(step, args.repeats)
-    dense_out = step().float()
-    print(f"dense: {dense_before:.2f} s/step")
     names = [n for n, _ in headsparse.plugin.SPECS["WanTransformer3DModel"].self_attention_modules(model)]
     configs = {
         "spatial (all heads)": {"pattern": "spatial"},
         "temporal (all heads)": {"pattern": "temporal"},
-        "6 spatial + 6 temporal heads": {"plan": mixed_plan(model, names, args.heads)},
+        f"{args.heads // 2} spatial + {args.heads - args.heads // 2} temporal heads": {
+            "plan": mixed_plan(model, names, args.heads)},
         "neighborhood 3x9x9 (all heads)": {"pattern": "neighborhood", "kernel_size": (3, 9, 9)},
     }
-    measured = []
-    for label, kwargs in configs.items():
-        with headsparse.patch(model, **kwargs) as handle:
-            sparse_time = best_time(step, args.repeats)
-            out = step().float()
-            rows_summary = handle.summary(print_table=False)
-        density = sum(r["density"] for r in rows_summary) / len(rows_summary)
-        err = ((out - dense_out).norm() / dense_out.norm()).item()
-        measured.append((label, density, sparse_time, err))
-        print(f"{label}: density {density:.3f}, {sparse_time:.2f} s/step, output rel. L2 {err:.3f}")
-    # Dense again at the end: the ratio uses the mean of the two, so slow drift does not flatter sparse.
-    dense_after = best_time(step, args.repeats)
-    dense = (dense_before + dense_after) / 2
-    print(f"dense again: {dense_after:.2f} s/step")
-    rows = [
-        {"config": label, "density": density, "dense_s": dense, "sparse_s": t, "ratio": t / dense, "rel_err": err}
-        for label, density, t, err in measured
-    ]
-    for r in rows:
-        print(f"{r['config']}: {r['ratio']:.2f}x of dense")
+    paths, handles = patched_copies(model, args, grid, configs)
+    outputs = {label: step() for label, step in paths.items()}  # the warm-up: layouts, compilation; untimed
+    times = interleaved(paths, args.repeats, warmup=False)
+    dense_out = outputs["dense"]
+    print(f"dense: {spread_cell(times['dense'], '.2f')} s/step")
+    rows = []
+    for label, handle in handles.items():
+        summary = handle.summary(print_table=False)
+        handle.unpatch()
+        ratio, rounds = ratio_spread(times[label], times["dense"])
+        identical = torch.equal(outputs[label], dense_out)
+        rows.append({
+            "config": label, "density": sum(r["density"] for r in summary) / len(summary),
+            "dense_s": Spread.of(times["dense"]).median, "sparse_s": Spread.of(times[label]).median,
+            "dense": spread_cell(times["dense"], ".2f"), "sparse": spread_cell(times[label], ".2f"),
+            "ratio": ratio, "ratio_low": rounds.low, "ratio_high": rounds.high, "identical": identical,
+            "ratio_cell": ratio_cell(ratio, rounds, ".2f", identical=identical),
+            "rel_err": rel_err(outputs[label], dense_out),
+        })
+        r = rows[-1]
+        print(f"{label}: density {r['density']:.3f}, {r['sparse']} s/step, ratio {r['ratio_cell']}, "
+              f"output rel. L2 {r['rel_err']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(to_markdown(rows, args, tokens))
     print(f"wrote {args.out}")
@@ -137,20 +174,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def to_markdown(rows: list[dict], args: argparse.Namespace, tokens: int) -> str:
     head = (
-        f"# Wan-like transformer step, dense vs headsparse.patch (CPU: {device_name()}, {torch.get_num_threads()} "
-        f"threads)\n\n"
+        f"# Wan-like transformer step, dense vs headsparse.patch ({device_line(device_report('cpu'))})\n\n"
         f"`python benchmarks/pipeline.py {' '.join(sys.argv[1:])}`: WanTransformer3DModel with random weights, "
         f"{args.layers} blocks, {args.heads} heads x {args.head_dim}, FFN {args.ffn}, text {args.text_len}x"
         f"{args.text_dim}, latent grid {args.frames}x{args.height}x{args.width} = {tokens} tokens, batch 1, "
-        f"{args.dtype}. Time = one transformer call (min of {args.repeats} after a warm-up); dense is measured "
-        "before and after the patched runs in the same process and averaged; ratio = patched / dense; "
-        "error = relative L2 of the output against dense (random weights: "
+        f"{args.dtype}. Time = one transformer call: median of {args.repeats} interleaved rounds after a warm-up "
+        "(dense and every configuration once per round, in table order, in one process; the warm-up call builds "
+        "the layouts and compiles), with the min-max; ratio = patched / dense, the ratio of the medians with the "
+        "min-max of the per-round ratios (lower is faster; 'identical to dense': the output equals dense's, so "
+        "no speed-up is claimed); error = relative L2 of the output against dense (random weights: "
         "a measure of change, not of visual quality).\n\n"
-        "| configuration | attention density | dense s/step | patched s/step | ratio | output rel. L2 |\n"
+        "| configuration | attention density | dense s/step | patched s/step | ratio (per-round range) "
+        "| output rel. L2 |\n"
         "|---|---|---|---|---|---|\n"
     )
     body = "".join(
-        f"| {r['config']} | {r['density']:.3f} | {r['dense_s']:.2f} | {r['sparse_s']:.2f} | {r['ratio']:.2f} | "
+        f"| {r['config']} | {r['density']:.3f} | {r['dense']} | {r['sparse']} | {r['ratio_cell']} | "
         f"{r['rel_err']:.3f} |\n"
         for r in rows
     )

@@ -6,7 +6,8 @@ video at the training grid (8 frames of 32x32 pixels) and at larger grids; each 
 centroid path -> direction and whether it turns back) and compared with its caption. The same
 reader on the dataset's own clips of those seeds gives the ceiling (it reads every field of them).
 Writes a mosaic GIF per grid, the loss curve PNG from the training logs (one per stage), and a
-markdown table.
+markdown table. Its seconds column is one dense run's wall time for the grid's videos, given for
+information only: nothing is compared, so no warm-up, interleaving or repeats.
 
     python benchmarks/shapes_videos.py                   # results/shapes_videos_cpu.md, results/shapes/
     python benchmarks/shapes_videos.py --count 4 --grids 8x32x32 --steps 4   # a quick look
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headsparse.machine import device_name
+from headsparse.machine import device_line, device_report
 from headsparse.pipelines import moving_shapes
 from headsparse.pipelines.media import write_gif
 from headsparse.pipelines.shapes import load_moving_shapes_pipeline
@@ -110,13 +111,16 @@ def main() -> None:
     lines = [
         "# Moving-shapes model: generated videos read back by pixels",
         "",
-        f"Device: {device_name('cpu')}. Command: `python {' '.join(sys.argv)}`. Dense attention, "
+        f"Device: {device_line(device_report('cpu'))}. Command: `python {' '.join(sys.argv)}`. Dense attention, "
         f"{args.steps} Euler steps, guidance {args.guidance}, seed i for caption i; the {args.count} captions are "
         f"those of held-out dataset clips {HELD_OUT}..{HELD_OUT + args.count - 1}. A field counts as right when "
         "`moving_shapes.describe` reads the captioned value from the video. The 'dataset' rows read the real "
-        "clips of the same seeds rendered at that grid: the reader's ceiling.",
+        "clips of the same seeds rendered at that grid: the reader's ceiling. Seconds: the wall time of generating "
+        "the grid's videos one after the other (dense only, one run, the first one paying any first-call costs), "
+        "for information; it is not a comparison.",
         "",
-        "| grid (frames x H x W px) | tokens | source | " + " | ".join(FIELDS) + " | all five | seconds |",
+        "| grid (frames x H x W px) | tokens | source | " + " | ".join(FIELDS)
+        + " | all five | seconds (dense, one run, for information) |",
         "|---|---:|---|" + "---:|" * (len(FIELDS) + 2),
     ]
     for text in args.grids:

@@ -100,3 +100,21 @@ def ratio_spread(numerator: list[float], denominator: list[float]) -> tuple[floa
                          f"{len(denominator)}")
     rounds = [n / d for n, d in zip(numerator, denominator, strict=True)]
     return statistics.median(numerator) / statistics.median(denominator), Spread.of(rounds)
+
+
+def spread_cell(values: list[float] | Spread, spec: str = ".3f") -> str:
+    """A report's cell for one path's times: the median with the min-max, e.g. ``'0.412 (0.398-0.430)'``."""
+    s = values if isinstance(values, Spread) else Spread.of(list(values))
+    return f"{s.median:{spec}} ({s.low:{spec}}-{s.high:{spec}})"
+
+
+def ratio_cell(ratio: float, rounds: Spread, spec: str = ".3f", *, identical: bool = False) -> str:
+    """A report's cell for a path against dense (:func:`ratio_spread`'s two values): the ratio of the medians
+    with the min-max of the per-round ratios, e.g. ``'0.412 (0.398-0.430)'``.
+
+    ``identical``: the path's output equals dense's (every head dense, say), so its time is no speed-up
+    whatever it measured: the cell says ``'identical to dense'`` instead.
+    """
+    if identical:
+        return "identical to dense"
+    return f"{ratio:{spec}} ({rounds.low:{spec}}-{rounds.high:{spec}})"

@@ -191,6 +191,14 @@ def test_auto_patch_ontiny_planted_wan():
         torch.testing.assert_close(_call(model, 900), out, atol=1e-5, rtol=1e-5)
 
 
+def test_patch_without_a_plan_or_pattern_recognises_every_head():
+    model = tiny_planted_wan(LABELS_A)
+    with headsparse.patch(model, block_size=64) as handle:  # headsparse.patch(pipe): plan="auto"
+        _call(model, 900)
+        for layer in range(2):
+            assert _families(handle, layer) == [EXPECTED_PATTERN[k] for k in LABELS_A[layer]]
+
+
 def test_re_recognition_follows_a_changing_head():
     model = tiny_planted_wan(LABELS_A)
     with headsparse.patch(model, "auto", block_size=64, recognizer=Recognizer(every=2)) as handle:

@@ -15,7 +15,7 @@ import torch
 
 from headsparse.machine import cpu_model, device_line, device_report, machine_key, slug
 from headsparse.pipelines.generate import GenerateRequest, RunResult, headline
-from headsparse.timing import Spread, interleaved, ratio_spread
+from headsparse.timing import Spread, interleaved, ratio_cell, ratio_spread, spread_cell
 
 gen = importlib.import_module("headsparse.pipelines.generate")  # the module (the package exports the function)
 
@@ -42,6 +42,14 @@ def test_median_spread_and_ratio_of_medians():
     assert ratio == 2.0 and (rounds.low, rounds.median, rounds.high) == (1.0, 2.0, 3.0)
     with pytest.raises(ValueError, match="one non-zero length"):
         ratio_spread([1.0], [1.0, 2.0])
+
+
+def test_report_cells_give_median_and_range_and_refuse_identical_outputs():
+    assert spread_cell([0.43, 0.412, 0.398]) == "0.412 (0.398-0.430)"
+    assert spread_cell(Spread.of([2.0, 1.0, 3.0]), ".1f") == "2.0 (1.0-3.0)"
+    ratio, rounds = ratio_spread([1.0, 0.9, 1.2], [2.0, 2.0, 2.0])
+    assert ratio_cell(ratio, rounds) == "0.500 (0.450-0.600)" and ratio_cell(ratio, rounds, ".2f") == "0.50 (0.45-0.60)"
+    assert ratio_cell(ratio, rounds, identical=True) == "identical to dense"  # no speed-up claimed, whatever the times
 
 
 def test_device_line_names_the_cpu_and_its_matrix_extensions():

@@ -40,6 +40,10 @@ class PixelModelSize:
     height: int = 32
     width: int = 32
     positions: bool = False  # (t, y, x) coordinates as 3 more input channels (see ``with_positions``)
+    # Initial scale of self-attention logits (the q and k norms' weights start at its square root). Why: with
+    # q/k RMS-normed over 32 dims, logits start within about +-6, too flat to single out a neighbourhood
+    # among a thousand tokens; a larger start lets heads become local in hundreds of steps, not thousands.
+    qk_gain: float = 1.0
 
 
 def word_tokenizer(words: Sequence[str]):
@@ -69,6 +73,11 @@ def build_components(size: PixelModelSize, words: Sequence[str], seed: int = 0) 
             text_dim=text_encoder.config.d_model, freq_dim=64, ffn_dim=size.ffn,
             num_layers=size.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=256,
         )
+        if size.qk_gain != 1.0:
+            with torch.no_grad():
+                for block in transformer.blocks:
+                    block.attn1.norm_q.weight.fill_(size.qk_gain ** 0.5)
+                    block.attn1.norm_k.weight.fill_(size.qk_gain ** 0.5)
     text_encoder.requires_grad_(False)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder.eval(), "transformer": transformer}
 

@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="noise-level shift of training and sampling (default: the dataset's)")
     parser.add_argument("--positions", action="store_true",
                         help="append (t, y, x) coordinates as input channels (a 6-channel transformer)")
+    parser.add_argument("--qk-gain", type=float, default=1.0,
+                        help="initial scale of self-attention logits (see PixelModelSize.qk_gain)")
     parser.add_argument("--init", type=Path, default=None,
                         help="a saved pipeline folder to start from (e.g. the shipped weights)")
     parser.add_argument("--export", action="store_true", help="only save the checkpoint's EMA weights as a pipeline")
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     data = dataset_named(args.dataset)
     sizes = tuple(args.sizes) if args.sizes else data.sizes
     f, h, w = sizes[0]
-    size = PixelModelSize(frames=f, height=h, width=w, positions=args.positions)
+    size = PixelModelSize(frames=f, height=h, width=w, positions=args.positions, qk_gain=args.qk_gain)
     if args.export:
         folder = export(args.out, args.seed, size, init=args.init, shift=args.shift, dataset=args.dataset)
         print(f"saved the EMA pipeline to {folder}")

@@ -329,9 +329,10 @@ def patch(
     transformers Vision Transformer: see ``supported_classes()``) sparsely.
 
     ``plan``: a Plan, a ModelPlan or a path to a plan JSON. Or ``pattern``: one pattern (a name
-    with ``**pattern_params``, or a Pattern) for every head. Or ``plan="auto"``: every head is
-    recognised online (``recognizer`` sets the error bound, sampling and re-recognition interval;
-    see :class:`headsparse.patterns.recognize.Recognizer`). ``dense_steps``: leading denoising
+    with ``**pattern_params``, or a Pattern) for every head. Or ``plan="auto"``, the default when
+    neither is given (``headsparse.patch(pipe)``): every head is recognised online (``recognizer``
+    sets the error bound, sampling and re-recognition interval; see
+    :class:`headsparse.patterns.recognize.Recognizer`). ``dense_steps``: leading denoising
     steps run dense (an int, or a fraction of the steps); ``dense_layers``: the first N layers (an
     int) or the listed layer indices run dense. Patching again replaces the previous patch.
     Everything is checked before the model is touched.
@@ -341,6 +342,8 @@ def patch(
     for key, model in transformers.items():
         spec, modules = _check_supported(key, model)
         checked[key] = (model, spec, modules)
+    if plan is None and pattern is None:
+        plan = "auto"
     auto = isinstance(plan, str) and plan == "auto"
     if recognizer is not None and not auto:
         raise ValueError("recognizer= is only used with plan='auto'")
