@@ -247,3 +247,39 @@ def test_shipped_model_draws_the_captioned_colour_background_shape_and_motion():
     assert hits["direction"] >= 6, hits
     assert hits["motion"] >= 7, hits
     assert moved == 8, "every video shows a shape that moves"
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_local_prior_starts_every_head_local(local):
+    """With the local prior, a fresh model's heads put most of their attention on their 3x5x5
+    neighbourhood (about a tenth of the tokens); without it they spread near-uniformly."""
+    from headsparse.patterns import Geometry, Neighborhood
+
+    size = dataclasses.replace(SMALL, layers=2, heads=2, head_dim=32, frames=8, height=32, width=32,
+                               qk_gain=6.0, local_prior=local)
+    pipe = small_pipeline(size=size)
+    model = pipe.transformer
+    geometry = Geometry(8, 8, 8)
+    index = torch.arange(geometry.seq_len)
+    mask = Neighborhood(kernel_size=(3, 5, 5)).mask(geometry, index[:, None], index[None, :])
+    masses = []
+
+    def observe(layer, step, q, k, v, geom):
+        probs = torch.softmax(q[0].float() @ k[0].float().transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+        masses.append((probs * mask).sum(-1).mean(-1))
+
+    handle = headsparse.patch(model, pattern="dense")
+    for state in handle.states.values():
+        state.observer = observe
+    text = torch.randn(1, 4, model.config.text_dim)
+    with torch.no_grad():
+        model(hidden_states=torch.randn(1, 3, 8, 32, 32), timestep=torch.tensor([500]),
+              encoder_hidden_states=text, return_dict=False)
+    handle.unpatch()
+    mass = torch.cat(masses)
+    density = mask.float().mean().item()
+    assert mass.numel() == 4 and density < 0.15
+    if local:
+        assert mass.min() > 0.6, mass
+    else:
+        assert mass.max() < 2 * density, mass

@@ -44,6 +44,9 @@ class PixelModelSize:
     # q/k RMS-normed over 32 dims, logits start within about +-6, too flat to single out a neighbourhood
     # among a thousand tokens; a larger start lets heads become local in hundreds of steps, not thousands.
     qk_gain: float = 1.0
+    # Start every self-attention head local (see ``local_prior``), as ConViT starts its heads as convolutions;
+    # training keeps the locality where it helps and unlearns it where content matters more.
+    local_prior: bool = False
 
 
 def word_tokenizer(words: Sequence[str]):
@@ -73,6 +76,8 @@ def build_components(size: PixelModelSize, words: Sequence[str], seed: int = 0) 
             text_dim=text_encoder.config.d_model, freq_dim=64, ffn_dim=size.ffn,
             num_layers=size.layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=256,
         )
+        if size.local_prior:
+            local_prior(transformer)
         if size.qk_gain != 1.0:
             with torch.no_grad():
                 for block in transformer.blocks:
@@ -80,6 +85,38 @@ def build_components(size: PixelModelSize, words: Sequence[str], seed: int = 0) 
                     block.attn1.norm_k.weight.fill_(size.qk_gain ** 0.5)
     text_encoder.requires_grad_(False)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder.eval(), "transformer": transformer}
+
+
+# Per RoPE axis (t, y, x), the energy of the q/k bias in its fastest pair and in its second pair: the fast
+# pair sharpens the peak, the slow one suppresses what the fast pair's period would bring back (cos(6) ~ 1).
+# With the logit scale ``qk_gain`` about 6 this gives a peak that falls by ~2 at one token, ~5 at three.
+LOCAL_PRIOR_ENERGY = (3.2, 15.2)
+
+
+def local_prior(transformer: torch.nn.Module) -> None:
+    """Initialise the self-attention q/k biases of a Wan transformer so that every head attends locally.
+
+    RoPE rotates q and k by their positions, so a bias ``b`` in the first component of a rotary pair
+    contributes ``|b|^2 cos(w (p_q - p_k))`` to the logit whatever the content: the same vector in q and k,
+    placed in the two fastest pairs of each axis, is a bump centred on the query in frames, rows and
+    columns. It dominates the content part of q/k at initialisation (about 5x its energy); training can
+    shrink it.
+    """
+    rope = transformer.rope
+    head_dim = transformer.config.attention_head_dim
+    bias = torch.zeros(head_dim)
+    offset = 0
+    for dim in (rope.t_dim, rope.h_dim, rope.w_dim):
+        for pair, energy in enumerate(LOCAL_PRIOR_ENERGY):
+            if 2 * pair < dim:
+                bias[offset + 2 * pair] = energy ** 0.5
+        offset += dim
+    with torch.no_grad():
+        for block in transformer.blocks:
+            attn = block.attn1
+            heads = attn.to_q.out_features // head_dim
+            attn.to_q.bias.copy_(bias.repeat(heads))
+            attn.to_k.bias.copy_(bias.repeat(heads))
 
 
 def encode_captions(tokenizer, text_encoder, captions: list[str], max_tokens: int) -> Tensor:

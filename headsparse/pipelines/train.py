@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="append (t, y, x) coordinates as input channels (a 6-channel transformer)")
     parser.add_argument("--qk-gain", type=float, default=1.0,
                         help="initial scale of self-attention logits (see PixelModelSize.qk_gain)")
+    parser.add_argument("--local-prior", action="store_true",
+                        help="start every self-attention head local (see PixelModelSize.local_prior)")
     parser.add_argument("--init", type=Path, default=None,
                         help="a saved pipeline folder to start from (e.g. the shipped weights)")
     parser.add_argument("--export", action="store_true", help="only save the checkpoint's EMA weights as a pipeline")
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     data = dataset_named(args.dataset)
     sizes = tuple(args.sizes) if args.sizes else data.sizes
     f, h, w = sizes[0]
-    size = PixelModelSize(frames=f, height=h, width=w, positions=args.positions, qk_gain=args.qk_gain)
+    size = PixelModelSize(frames=f, height=h, width=w, positions=args.positions, qk_gain=args.qk_gain,
+                          local_prior=args.local_prior)
     if args.export:
         folder = export(args.out, args.seed, size, init=args.init, shift=args.shift, dataset=args.dataset)
         print(f"saved the EMA pipeline to {folder}")
