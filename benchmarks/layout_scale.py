@@ -78,7 +78,7 @@ def grid() -> list:
     return [p for p in candidates() if not getattr(p, "dynamic", False) and p.name not in ("dense", "skip")]
 
 
-def why_not_aligned(pattern, g: Geometry) -> str:
+def why_not_aligned(pattern, g: Geometry, layout) -> str:
     """The reason a pattern cannot reach block density <= 1.5 x density + a block per row."""
     if isinstance(pattern, Neighborhood) and all(s == 1 for s in pattern.stride):
         return ("stride 1: every query has its own window, so a block of 128 queries needs the union of 128 "
@@ -86,6 +86,12 @@ def why_not_aligned(pattern, g: Geometry) -> str:
     if isinstance(pattern, Temporal) and pattern.spatial_window > 1:
         return (f"a block holds {max(1, BLOCK // g.frames)} locations x {g.frames} frames; their 3x3 windows "
                 "cover several blocks of other locations")
+    padded = layout.num_q_blocks * BLOCK
+    if isinstance(pattern, Neighborhood) and padded > 1.05 * g.seq_len:
+        tile = "x".join(str(s) for s in pattern.stride[1:])
+        return (f"the {g.height}x{g.width} grid is no multiple of the {tile} stride tile: tiles are padded to whole "
+                f"blocks, {100 * (1 - g.seq_len / padded):.0f}% of the ordered positions are padding, and padded "
+                f"query and key blocks cost work like real ones (x{(padded / g.seq_len) ** 2:.2f})")
     return ""
 
 
@@ -109,7 +115,7 @@ def measure(name: str, g: Geometry, heads: int) -> list[dict]:
             row.update(bytes=layout.nbytes(), density=density, work=work, allowance=1.5 * density + per_row,
                        aligned=isinstance(pattern, ALIGNED), ordered=layout.ordered)
             row["meets"] = work <= row["allowance"]
-            row["why"] = "" if row["meets"] or not row["aligned"] else why_not_aligned(pattern, g)
+            row["why"] = "" if row["meets"] or not row["aligned"] else why_not_aligned(pattern, g, layout)
         rows.append(row)
         print(f"  {pattern.label():70s} {seconds:6.2f} s  peak +{mem.growth / 2**20:7.0f} MiB  "
               + (f"{row['bytes'] / 2**20:7.2f} MiB  density {row['density']:.4f}  work {row['work']:.4f}"
