@@ -20,6 +20,7 @@ the number of latent units per token along (frames, height, width)):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -523,11 +524,28 @@ _BUILDERS: dict[str, Callable[[int], TinyCase]] = {
 }
 
 
-def build(name: str, seed: int = 0) -> TinyCase:
-    """A tiny case by name (one of ``CASE_NAMES``) with weights drawn from ``seed``."""
+def build(name: str, seed: int = 0, **config: object) -> TinyCase:
+    """A tiny case by name (one of ``CASE_NAMES``) with weights drawn from ``seed``; ``config``: constructor
+    arguments replacing the tiny ones (:func:`with_config`)."""
     if name not in _BUILDERS:
         raise KeyError(f"unknown case {name!r}; choose from {CASE_NAMES}")
-    return _BUILDERS[name](seed)
+    return with_config(_BUILDERS[name](seed), seed, config)
+
+
+def with_config(case: TinyCase, seed: int, config: dict) -> TinyCase:
+    """``case`` with its model rebuilt (seeded the same way) from its config with ``config``'s constructor arguments
+    in place of the tiny ones, e.g. real head counts and widths for ``benchmarks/families.py``.
+
+    ``make_inputs`` is unchanged (so are the input widths it draws: latent channels, text width and length), and
+    ``self_attention`` names the default config's modules. Empty ``config``: ``case`` itself.
+    """
+    if not config:
+        return case
+    cls, base = type(case.model), dict(case.model.config)
+    unknown = sorted(set(config) - set(base))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no config argument {', '.join(unknown)}")
+    return dataclasses.replace(case, model=_seeded(seed, lambda: cls.from_config({**base, **config})))
 
 
 # ----------------------------------------------------------------------------------------------------- pipelines

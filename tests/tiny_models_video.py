@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import tiny_models
 import torch
 from diffusers import (
     CosmosTransformer3DModel,
@@ -240,11 +241,12 @@ _BUILDERS: dict[str, Callable[[int], VideoCase]] = {
 }
 
 
-def build(name: str, seed: int = 0) -> VideoCase:
-    """A tiny case by name (one of ``VIDEO_CASES``) with weights drawn from ``seed``."""
+def build(name: str, seed: int = 0, **config: object) -> VideoCase:
+    """A tiny case by name (one of ``VIDEO_CASES``) with weights drawn from ``seed``; ``config``:
+    constructor arguments replacing the tiny ones (``tiny_models.with_config``)."""
     if name not in _BUILDERS:
         raise KeyError(f"unknown case {name!r}; choose from {VIDEO_CASES}")
-    return _BUILDERS[name](seed)
+    return tiny_models.with_config(_BUILDERS[name](seed), seed, config)
 
 
 def build_sana_video(seed: int = 0) -> torch.nn.Module:

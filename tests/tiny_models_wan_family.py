@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import tiny_models
 import torch
 from diffusers import (
     SkyReelsV2Transformer3DModel,
@@ -197,8 +198,9 @@ _BUILDERS: dict[str, Callable[[int], TinyCase]] = {
 }
 
 
-def build(name: str, seed: int = 0) -> TinyCase:
-    """A tiny case by name (one of ``CASE_NAMES``) with weights drawn from ``seed``."""
+def build(name: str, seed: int = 0, **config: object) -> TinyCase:
+    """A tiny case by name (one of ``CASE_NAMES``) with weights drawn from ``seed``; ``config``:
+    constructor arguments replacing the tiny ones (``tiny_models.with_config``)."""
     if name not in _BUILDERS:
         raise KeyError(f"unknown case {name!r}; choose from {CASE_NAMES}")
-    return _BUILDERS[name](seed)
+    return tiny_models.with_config(_BUILDERS[name](seed), seed, config)
