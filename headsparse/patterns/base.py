@@ -234,6 +234,12 @@ class Pattern(ABC):
 
         return min(candidates, key=work)
 
+    def order_shortlist(self, geometry: Geometry, block_m: int,
+                        block_n: int) -> list[tuple[Tensor | None, Tensor | None]]:
+        """The orders worth building exactly, the layout with the fewest visited blocks kept (the first on
+        ties). Default: the one :meth:`token_orders` estimates cheapest."""
+        return [self.token_orders(geometry, block_m, block_n)]
+
     # ------------------------------------------------------------------ block bounds
     def video_block_bounds(self, g: Geometry, q: BlockStats, k: BlockStats) -> tuple[Tensor, Tensor]:
         """(maybe, surely) [MQ, NK] for the video parts of blocks; default: nothing is known."""
@@ -323,9 +329,16 @@ def _whole_blocks(order: Tensor | None, block: int) -> Tensor | None:
 
 
 def build_layout(pattern: Pattern, geometry: Geometry, block_m: int, block_n: int) -> Layout:
-    """One head's Layout, in bounded time and memory (see the module docstring)."""
+    """One head's Layout, in bounded time and memory (see the module docstring), in the order of the
+    pattern's shortlist that visits the fewest blocks."""
+    built = [_build_in_order(pattern, geometry, block_m, block_n, *orders)
+             for orders in pattern.order_shortlist(geometry, block_m, block_n)]
+    return min(built, key=lambda layout: int(layout.visited_per_structure().sum()))
+
+
+def _build_in_order(pattern: Pattern, geometry: Geometry, block_m: int, block_n: int,
+                    q_order: Tensor | None, kv_order: Tensor | None) -> Layout:
     length = geometry.seq_len
-    q_order, kv_order = pattern.token_orders(geometry, block_m, block_n)
     q_order, kv_order = _whole_blocks(q_order, block_m), _whole_blocks(kv_order, block_n)
     q_tok = torch.arange(length) if q_order is None else q_order
     k_tok = torch.arange(length) if kv_order is None else kv_order

@@ -259,6 +259,16 @@ class Neighborhood(AxisWindowPattern):
                 out.append((order(brick, block_m), order(brick, block_n)))
         return out
 
+    def order_shortlist(self, g: Geometry, block_m: int, block_n: int) -> list:
+        """Stride 1: the estimated best order and the natural one, both built exactly. The estimate works on
+        block coordinate boxes, which are loose for a frame-major block that wraps a frame, and at Wan 480p
+        it ranked a 2x8x8 brick order first for a 3x9x9 window that visits 20% more blocks than the natural
+        order (0.073 vs 0.061 of dense's work)."""
+        best = self.token_orders(g, block_m, block_n)
+        if any(s > 1 for s in self.stride) or best[0] is None:
+            return [best]
+        return [best, (None, None)]
+
 
 def _grow(tile: tuple[int, ...], block: int, dims: tuple[int, ...]) -> tuple[int, ...]:
     """``tile`` doubled along x, then y, then t (within the grid) until it holds at least a block."""
