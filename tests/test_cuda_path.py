@@ -28,9 +28,16 @@ def as_cuda(monkeypatch):
     monkeypatch.setattr(executors, "device_kind", lambda device: "cuda")
 
 
-def _qkv(heads, length, d=32, seed=0):
+def _qkv(heads, length, d=32, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(1, heads, length, d, generator=g) for _ in range(3))
+    return tuple(torch.randn(1, heads, length, d, generator=g).to(dtype) for _ in range(3))
+
+
+BF16 = {"atol": 2e-2, "rtol": 0}  # bf16 outputs against the float32 reference of the same bf16 inputs
+
+
+def _reference(q, k, v, layout):
+    return layout_reference(q.float(), k.float(), v.float(), layout).to(q.dtype)
 
 
 def test_dense_heads_run_sdpa_and_sparse_heads_triton_on_cuda(as_cuda, monkeypatch):
@@ -38,7 +45,7 @@ def test_dense_heads_run_sdpa_and_sparse_heads_triton_on_cuda(as_cuda, monkeypat
     dense = Layout.dense(2, g.seq_len, block_m=32, block_n=32)
     assert executors.choose_backend(_qkv(2, g.seq_len)[0], dense) == "sdpa"
     mixed = heads_layout((Spatial(), Spatial(), Spatial(frame_band=9), Spatial()), g, 32)  # head 2 keeps everything
-    q, k, v = _qkv(4, g.seq_len)
+    q, k, v = _qkv(4, g.seq_len, dtype=torch.bfloat16)
     assert executors.choose_backend(q, mixed) == "per-head"
     groups = {choice: heads for choice, heads, _ in executors.head_groups(mixed, "cuda")}
     assert groups == {"triton": [0, 1, 3], "sdpa": [2]}
@@ -53,7 +60,20 @@ def test_dense_heads_run_sdpa_and_sparse_heads_triton_on_cuda(as_cuda, monkeypat
     with torch.no_grad():
         out = sparse_attention(q, k, v, mixed)
     assert calls == [1]  # the dense head went to SDPA, alone
-    torch.testing.assert_close(out, layout_reference(q, k, v, mixed), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, _reference(q, k, v, mixed), **BF16)
+
+
+def test_float32_runs_sdpa_on_cuda_masked_where_sparse(as_cuda):
+    """No launch config of the kernel's float32 variant fits a GPU, so float32 inputs never reach it."""
+    g = Geometry(4, 6, 8)
+    mixed = heads_layout((Spatial(), Spatial(frame_band=9)), g, 32)
+    q, k, v = _qkv(2, g.seq_len)
+    assert executors.choose_backend(q, mixed) == "masked"
+    assert executors.choose_backend(q, Layout.dense(2, g.seq_len, block_m=32, block_n=32)) == "sdpa"
+    assert executors.choose_backend(q.bfloat16(), mixed) == "per-head"
+    with torch.no_grad():
+        torch.testing.assert_close(sparse_attention(q, k, v, mixed), layout_reference(q, k, v, mixed), atol=1e-5,
+                                   rtol=0)
 
 
 def test_very_dense_layouts_run_masked_sdpa_on_cuda(as_cuda):
@@ -88,7 +108,9 @@ def test_pooled_layouts_are_built_on_the_meta_device_without_reading_back(as_cud
     assert all(t.device.type == "meta" for t in rows)
     assert layout.order_index("q") is None and layout.order_index("kv") is None
     monkeypatch.setattr(executors, "triton_available", lambda device: True)
-    assert executors.choose_backend(torch.empty(1, heads, length, 64, device="meta"), layout) == "triton"
+    q4 = torch.empty(1, heads, length, 64, device="meta", dtype=torch.bfloat16)
+    assert executors.choose_backend(q4, layout) == "triton"
+    assert executors.choose_backend(q4.float(), layout) == "masked"  # float32: no read-back either
     with pytest.raises((RuntimeError, NotImplementedError)):
         layout.is_dense()  # the statistics *do* read back: the CUDA dispatch must (and does) not ask
 
@@ -112,10 +134,11 @@ def test_pooled_selection_and_rows_trace_whole_under_compile():
 def test_on_device_pooled_layouts_compute_exactly(as_cuda):
     """The layout built on the device runs (Triton, interpreter) and equals its checked twin's reference."""
     g = Geometry(4, 6, 10)
-    q, k, v = _qkv(2, g.seq_len)
+    q, k, v = _qkv(2, g.seq_len, dtype=torch.bfloat16)
     pattern = PooledBlocks(keep=0.3)
     fast = pattern.layout_from_qk(q[0], k[0], g, 32, on_device=True)
     checked = pattern.layout_from_qk(q[0], k[0], g, 32)
+    assert executors.choose_backend(q, fast) == "triton"
     with torch.no_grad():
         out = sparse_attention(q, k, v, fast)
-    torch.testing.assert_close(out, layout_reference(q, k, v, checked), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, _reference(q, k, v, checked), **BF16)

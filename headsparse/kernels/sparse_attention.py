@@ -84,13 +84,19 @@ def device_kind(device: torch.device) -> str:
 def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> str:
     """The executor ``backend="auto"`` uses for these inputs.
 
-    CUDA: heads that keep every pair run ``F.scaled_dot_product_attention`` (flash / cuDNN), layouts denser
+    CUDA (float16 / bfloat16; float32 runs SDPA, masked where sparse): heads that keep every pair run
+    ``F.scaled_dot_product_attention`` (flash / cuDNN), layouts denser
     than :data:`CUDA_MASKED_CROSSOVER` SDPA under their mask, the rest the Triton kernel; a layer whose heads
     want different ones is split by head. A layout built on the device per call (a dynamic block selection)
     goes straight to the Triton kernel: asking whether it is dense would read it back. CPU: see the module
     docstring.
     """
     kind = device_kind(q.device)
+    if kind == "cuda" and q.dtype == torch.float32:
+        # The kernel's float32 (IEEE) variant has no launch config that fits: at D=128 it needs 232 KB of
+        # shared memory on sm_89 with the bf16 tiles and spills 1.5 KB even at 32x32 (gpu_static), so
+        # float32 runs SDPA, under the layout's mask where it is not dense.
+        return "sdpa" if layout.checked and not return_lse and layout.is_dense() else "masked"
     if kind == "cuda" and not layout.checked and _triton_runs(layout, q.device):
         return "triton"
     if layout.is_dense() and not return_lse:
