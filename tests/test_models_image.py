@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from attention_replay import modules_the_patch_changes, recorded_attention_inputs
 from tiny_models_image import CASE_NAMES, ImageCase, build, grid_inputs
 
 import headsparse
 from headsparse.patterns import Geometry, Neighborhood, Pattern
 from headsparse.plugin import SPECS
-from headsparse.plugin.rebind import is_rebound, original_processor, rebind_processor
+from headsparse.plugin.rebind import is_rebound, rebind_processor
 
 pytestmark = [pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning"),
               pytest.mark.filterwarnings("ignore:.*FluxPosEmbed.*:FutureWarning")]
@@ -120,30 +121,11 @@ def test_dense_plan_is_bit_identical_and_unpatch_restores(case: ImageCase) -> No
 def test_sparse_plan_changes_only_self_attention(case: ImageCase) -> None:
     """Replay every attention module on the inputs it saw: only the self-attention ones differ."""
     inputs = _inputs(case)
-    recorded: dict[str, tuple] = {}
-
-    def grab(module: torch.nn.Module, args: tuple, kwargs: dict, name: str) -> None:
-        recorded.setdefault(name, (args, kwargs))
-
-    hooks = [module.register_forward_pre_hook(lambda m, a, kw, n=name: grab(m, a, kw, n), with_kwargs=True)
-             for name, module in case.model.named_modules() if hasattr(module, "processor")]
     with headsparse.patch(case.model, pattern=ROW, **EAGER):
-        case.run(inputs)
-        for h in hooks:
-            h.remove()
+        with recorded_attention_inputs(case.model) as recorded:
+            case.run(inputs)
         assert set(recorded) == set(_processors(case.model))
-        for name, (args, kwargs) in recorded.items():
-            module = case.model.get_submodule(name)
-            with torch.no_grad():
-                sparse = module(*args, **kwargs)
-                patched = module.processor
-                module.processor = original_processor(patched)
-                dense = module(*args, **kwargs)
-                module.processor = patched
-            sparse = sparse if isinstance(sparse, tuple) else (sparse,)
-            dense = dense if isinstance(dense, tuple) else (dense,)
-            same = all(torch.equal(a, b) for a, b in zip(sparse, dense, strict=True))
-            assert same == (name not in case.self_attention), name
+        assert modules_the_patch_changes(case.model, recorded) == set(case.self_attention)
 
 
 def test_one_row_perturbation_isolates_rows_in_the_real_token_order(case: ImageCase) -> None:

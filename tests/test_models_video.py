@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from attention_replay import modules_the_patch_changes, recorded_attention_inputs
 from tiny_models_video import VIDEO_CASES, build, build_sana_video, framepack_history_tokens
 
 import headsparse
@@ -105,30 +106,11 @@ def test_dense_plan_is_bit_identical_and_unpatch_restores(case):
 def test_sparse_plan_changes_only_self_attention(case):
     """Replay every attention module on the inputs it saw: only the self-attention ones differ."""
     inputs = _inputs(case)
-    recorded, hooks = {}, []
-    for name, module in case.model.named_modules():
-        if hasattr(module, "processor"):
-            def grab(mod, args, kwargs, name=name):
-                recorded.setdefault(name, (args, kwargs))
-            hooks.append(module.register_forward_pre_hook(grab, with_kwargs=True))
     with headsparse.patch(case.model, pattern=ISOLATE):
-        _run(case, inputs)
-        for h in hooks:
-            h.remove()
-        modules = dict(case.model.named_modules())
+        with recorded_attention_inputs(case.model) as recorded:
+            _run(case, inputs)
         assert set(case.self_attention) < set(recorded)  # cross-attention / text / audio modules ran too
-        for name, (args, kwargs) in recorded.items():
-            module = modules[name]
-            with torch.no_grad():
-                sparse = module(*args, **kwargs)
-                patched_proc = module.processor
-                module.processor = original_processor(patched_proc)
-                dense = module(*args, **kwargs)
-                module.processor = patched_proc
-            sparse = sparse if isinstance(sparse, tuple) else (sparse,)
-            dense = dense if isinstance(dense, tuple) else (dense,)
-            same = all(torch.equal(a, b) for a, b in zip(sparse, dense, strict=True))
-            assert same == (name not in case.self_attention), name
+        assert modules_the_patch_changes(case.model, recorded) == set(case.self_attention)
 
 
 def test_sparse_geometry_isolates_frames_in_the_real_token_order(case):

@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from attention_replay import modules_the_patch_changes, recorded_attention_inputs
 from tiny_models import CASE_NAMES, build
 
 import headsparse
@@ -136,30 +137,10 @@ def test_sparse_geometry_isolates_frames_in_the_real_token_order(case):
 def test_sparse_plan_changes_only_self_attention(case):
     """Replay every attention module on the inputs it saw: only the self-attention ones differ."""
     inputs = _inputs(case)
-    recorded = {}
-    hooks = []
-    for name, module in case.model.named_modules():
-        if hasattr(module, "processor"):
-            def grab(mod, args, kwargs, name=name):
-                recorded.setdefault(name, (args, kwargs))
-            hooks.append(module.register_forward_pre_hook(grab, with_kwargs=True))
     with headsparse.patch(case.model, pattern=_isolating_pattern(case)):
-        _run(case, inputs)
-        for h in hooks:
-            h.remove()
-        modules = dict(case.model.named_modules())
-        for name, (args, kwargs) in recorded.items():
-            module = modules[name]
-            with torch.no_grad():
-                sparse = module(*args, **kwargs)
-                patched_proc = module.processor
-                module.processor = original_processor(patched_proc)
-                dense = module(*args, **kwargs)
-                module.processor = patched_proc
-            sparse = sparse if isinstance(sparse, tuple) else (sparse,)
-            dense = dense if isinstance(dense, tuple) else (dense,)
-            same = all(torch.equal(a, b) for a, b in zip(sparse, dense, strict=True))
-            assert same == (name not in case.self_attention), name
+        with recorded_attention_inputs(case.model) as recorded:
+            _run(case, inputs)
+        assert modules_the_patch_changes(case.model, recorded) == set(case.self_attention) & set(recorded)
 
 
 def test_summary_reports_patterns_density_and_time(case, capsys):
