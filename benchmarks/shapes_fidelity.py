@@ -1,12 +1,16 @@
-"""Fidelity on the trained moving-shapes model: every pattern family, "auto" and a searched plan vs dense.
+"""Fidelity on a trained embedded model: every pattern family, "auto" and a searched plan vs dense.
 
-Each mode generates the same held-out captions from the same seeds as the dense run, in one
-process, with the preset's dense warm-up (first 20% of steps and the first layer dense). Reported
-per mode: density in the sparse steps, attention time (profiled attention calls) and wall time
-against dense, video PSNR and mean per-frame SSIM against the dense video, and how many of the
-caption's five fields (colour, shape, background, direction, motion) ``moving_shapes.describe``
-still reads from the video. The searched plan is calibrated on other held-out captions than the
-ones scored.
+On the moving-shapes model (``--model shapes``, the default) or the drifting-scenes model
+(``--model scenes``), each mode generates the same held-out captions from the same seeds as the
+dense run, in one process, with the preset's dense warm-up (first 20% of steps and the first layer
+dense). Reported per mode: density in the sparse steps, attention time (profiled attention calls)
+and wall time against dense, video PSNR and mean per-frame SSIM against the dense video, and how
+many of the caption's fields the model's reader still reads from the video (moving shapes: colour,
+shape, background, direction, motion by ``moving_shapes.describe``; drifting scenes: drift,
+colours, motions by ``drifting_scenes.caption_matches``). The searched plan is calibrated on other
+held-out captions than the ones scored. Besides one setting per family sized to the grid, the 3-D
+local windows (neighbourhoods of 5x5x5 to 9x9x9 tokens, sliding tiles of 4x4x4 tokens), cut to the
+grid, run as modes of their own.
 
 Timing: every mode (and dense) first runs one untimed 1-step generation (compilation, layouts);
 then dense and every mode take turns for ``--repeats`` rounds (at least one per caption), round i
@@ -15,6 +19,7 @@ range of the per-round ratios. Fidelity is scored on the first N rounds (each ca
 mode whose videos equal dense's is reported as identical, not as a speed-up.
 
     python benchmarks/shapes_fidelity.py                 # results/shapes_fidelity_cpu.md
+    python benchmarks/shapes_fidelity.py --model scenes  # results/scenes_fidelity_cpu.md
     python benchmarks/shapes_fidelity.py --grid 8x32x32 --prompts 1 --modes spatial auto --steps 4
 """
 
@@ -30,18 +35,20 @@ import torch
 
 import headsparse
 from headsparse.machine import device_line, device_report
-from headsparse.pipelines import moving_shapes
 from headsparse.pipelines.generate import GenerateRequest, run_once, warm_up
 from headsparse.pipelines.metrics import psnr, ssim
-from headsparse.pipelines.presets import preset_for
-from headsparse.pipelines.shapes import load_moving_shapes_pipeline
 from headsparse.timing import ratio_cell, ratio_spread, spread_cell
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from embedded import MODELS, RESULTS, add_model_arguments, local_windows, parse_grid, token_grid
+
 SCORED = 10**9 + 700  # held-out clip seeds whose captions are scored
 CALIBRATION = 10**9 + 900  # held-out clip seeds whose captions calibrate the search
+
+
 def families(frames: int, height: int, width: int) -> dict[str, dict]:
-    """One setting per family for a token grid: windows of about half the frame, a band of 1/8 of the tokens.
+    """One setting per family for a token grid: windows of about half the frame, a band of 1/8 of the tokens;
+    then the 3-D local windows, cut to the grid.
 
     At 16 x 16 x 16 tokens (16 frames of 64x64 pixels) these are neighbourhood (3, 9, 9), tiles of
     4 x 8 x 8 and a diagonal half-width of 512.
@@ -63,6 +70,7 @@ def families(frames: int, height: int, width: int) -> dict[str, dict]:
         "textural": {"pattern": "textural", "stride": 4},
         "pooled": {"pattern": "pooled", "keep": 0.2},
         "agent": {"pattern": "agent"},
+        **local_windows(frames, height, width),
     }
 
 
@@ -71,12 +79,13 @@ MODES = tuple(families(16, 16, 16))  # the family names, in table order
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-path", default=None)
-    parser.add_argument("--grid", default="16x64x64", help="FRAMESxHxW pixels")
+    add_model_arguments(parser)
+    parser.add_argument("--grid", default=None, help="FRAMESxHxW pixels (default 16x64x64)")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--budget", type=float, default=0.05, help="search budget (mean relative L2 per head)")
+    parser.add_argument("--budget", type=float, nargs="+", default=[0.05],
+                        help="search budgets (mean relative L2 per head): one plan each, from one calibration")
     parser.add_argument("--modes", nargs="+", default=[*MODES, "auto", "plan"])
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed rounds, dense and every mode in turn (at least one per caption)")
@@ -84,15 +93,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1 or args.prompts < 1:
         parser.error(f"--repeats and --prompts must be >= 1, got {args.repeats} and {args.prompts}")
-    frames, height, width = (int(x) for x in args.grid.split("x"))
-    family = families(frames, height // 4, width // 4)
+    model = MODELS[args.model]
+    grid = args.grid or model.fidelity_grid
+    frames, height, width = parse_grid(grid)
     args.out.mkdir(parents=True, exist_ok=True)
-    preset = preset_for("shapes")
-    pipe = load_moving_shapes_pipeline(args.model_path)
+    preset = model.preset()
+    pipe = model.load(args.model_path)
+    tokens = token_grid(pipe, frames, height, width)
+    family = families(*tokens)
     warm = {"dense_steps": preset.dense_steps, "dense_layers": preset.dense_layers}
-    captions = [moving_shapes.sample_clip(SCORED + i).caption for i in range(args.prompts)]
-    requests = [GenerateRequest(model="shapes", prompt=c, out=args.out, steps=args.steps, frames=frames, height=height,
-                                width=width, guidance=args.guidance, seed=i) for i, c in enumerate(captions)]
+    captions = [model.caption(SCORED + i) for i in range(args.prompts)]
+    requests = [GenerateRequest(model=model.name, prompt=c, out=args.out, steps=args.steps, frames=frames,
+                                height=height, width=width, guidance=args.guidance, seed=i)
+                for i, c in enumerate(captions)]
 
     plan_note = ""
     modes: dict[str, dict] = {m: {**family[m], **warm} for m in args.modes if m in family}
@@ -100,16 +113,24 @@ def main() -> None:
         modes["auto"] = {"plan": "auto", **warm}
     if "plan" in args.modes:
         start = time.perf_counter()
-        calib = [moving_shapes.sample_clip(CALIBRATION + i).caption for i in range(2)]
-        plan = headsparse.search(pipe, prompts=calib, steps=args.steps, seeds=(0,), budget=args.budget,
-                                 progress=False, num_frames=frames, height=height, width=width,
-                                 guidance_scale=args.guidance)
-        path = plan.save(args.out / f"shapes_plan_{args.grid}.json")
-        plan_note = (f"Searched plan: `headsparse.search` on {len(calib)} other held-out captions ({calib}), "
-                     f"budget {args.budget}, {time.perf_counter() - start:.0f} s including calibration; saved as "
-                     f"`{path.name}`. It decides its dense steps and layers itself (no warm-up rule added).")
-        modes["plan"] = {"plan": str(path)}
-    unknown = [m for m in args.modes if m not in modes]
+        calib = [model.caption(CALIBRATION + i) for i in range(2)]
+        cache = args.out / f"{model.name}_calibration_{grid}.pt"  # one calibration serves every budget
+        cache.unlink(missing_ok=True)
+        notes = []
+        for budget in args.budget:
+            plan = headsparse.search(pipe, prompts=calib, steps=args.steps, seeds=(0,), budget=budget,
+                                     progress=False, cache=cache, num_frames=frames, height=height, width=width,
+                                     guidance_scale=args.guidance)
+            single = len(args.budget) == 1
+            name = "plan" if single else f"plan {budget:g}"
+            path = plan.save(args.out / f"{model.name}_plan_{grid}{'' if single else f'_{budget:g}'}.json")
+            modes[name] = {"plan": str(path)}
+            notes.append(f"`{path.name}` (budget {budget:g})")
+        cache.unlink(missing_ok=True)
+        plan_note = (f"Searched plans: `headsparse.search` on {len(calib)} other held-out captions ({calib}), "
+                     f"one calibration, {time.perf_counter() - start:.0f} s in all; saved as {', '.join(notes)}. "
+                     "A plan decides its dense steps and layers itself (no warm-up rule added).")
+    unknown = [m for m in args.modes if m not in modes and m != "plan"]
     if unknown:
         raise SystemExit(f"unknown modes {unknown}; choose from {[*MODES, 'auto', 'plan']}")
 
@@ -127,10 +148,10 @@ def main() -> None:
     dense_att = [d.attention_s for d in dense]
     dense_wall = [d.wall_s for d in dense]
     lines = [
-        "# Moving-shapes model: fidelity and speed of every pattern family, auto and a searched plan",
+        f"# {model.title}: fidelity and speed of every pattern family, auto and a searched plan",
         "",
         f"Device: {device_line(device_report('cpu'))}. Command: `python {' '.join(sys.argv)}`. "
-        f"Grid {args.grid} pixels = {frames}x{height // 4}x{width // 4} tokens, {args.steps} steps, guidance "
+        f"Grid {grid} pixels = {'x'.join(map(str, tokens))} tokens, {args.steps} steps, guidance "
         f"{args.guidance}, float32, captions {captions} (seed i for caption i). Times: median of {rounds} "
         "interleaved rounds after a warm-up (an untimed 1-step generation per mode; then in every round dense and "
         f"every mode, in table order, generate caption i mod {len(captions)}), per video, with the min-max. Dense: "
@@ -140,8 +161,8 @@ def main() -> None:
         "layers count 1; '-': pooled and agent choose per call from q/k). Time ratios: headsparse / dense, the "
         "ratio of the medians with the min-max of the per-round ratios; 'identical to dense': the mode's videos "
         "equal dense's, so no speed-up is claimed. PSNR over each whole video, SSIM mean over frames, both "
-        "averaged over the captions' first videos. 'read': caption fields read from the video by "
-        "`moving_shapes.describe` (dense reads in the first row).",
+        "averaged over the captions' first videos. 'read': caption fields "
+        f"({', '.join(model.fields)}) read from the video by {model.reader}; dense reads in the first row.",
         "",
         "| mode | params | density | attention s | attention time ratio | wall s | wall time ratio | PSNR dB | SSIM "
         "| read |",
@@ -149,9 +170,9 @@ def main() -> None:
     ]
 
     def read(frames_np: np.ndarray, caption: str) -> int:
-        return sum(moving_shapes.caption_matches(torch.from_numpy(frames_np), caption).values())
+        return sum(model.dataset.caption_matches(torch.from_numpy(frames_np), caption).values())
 
-    total_fields = 5 * len(captions)
+    total_fields = len(model.fields) * len(captions)
     dense_read = sum(read(d.frames, c) for d, c in zip(scored, captions, strict=True))
     lines.append(f"| dense | - | 1.000 | {spread_cell(dense_att, '.2f')} | - | {spread_cell(dense_wall, '.2f')} | - "
                  f"| inf | 1.0000 | {dense_read}/{total_fields} |")
@@ -178,7 +199,8 @@ def main() -> None:
         print(lines[-1], flush=True)
     if plan_note:
         lines += ["", plan_note]
-    (args.out / f"shapes_fidelity_cpu{'' if args.grid == '16x64x64' else '_' + args.grid}.md").write_text(
+    suffix = "" if grid == model.fidelity_grid else f"_{grid}"
+    (args.out / f"{model.name}_fidelity_cpu{suffix}.md").write_text(
         "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -188,12 +188,25 @@ def _generate(args: argparse.Namespace) -> int:
     return _run_generate(request)
 
 
+# The demo's default prompt per embedded model: a caption of its grammar that training never saw.
+DEMO_PROMPTS = {
+    "scenes": "a yellow triangle moving down and a blue circle moving right on a striped background drifting left",
+    "shapes": "a red circle bouncing right",
+    "tiny": "a red circle bouncing right",
+}
+
+
 def _demo(args: argparse.Namespace) -> int:
     from headsparse.pipelines import GenerateRequest, preset_for
 
-    _say("headsparse demo: " + preset_for(args.model).notes + ".\nRunning it dense and with headsparse "
-         "(online recognition) from the same seed on this machine...")
-    return _run_generate(GenerateRequest(model=args.model, prompt=args.prompt, out=Path(args.out), steps=args.steps,
+    preset = preset_for(args.model)
+    plan = preset.plan_file()
+    how = (f"the plan searched for it ({plan.name})" if plan is not None and plan.is_file()
+           else "online recognition")
+    _say(f"headsparse demo: {preset.notes}.\nRunning it dense and with headsparse ({how}) from the same seed on "
+         "this machine...")
+    prompt = args.prompt or DEMO_PROMPTS[args.model]
+    return _run_generate(GenerateRequest(model=args.model, prompt=prompt, out=Path(args.out), steps=args.steps,
                                          frames=args.frames, height=args.height, width=args.width,
                                          max_cost=args.max_cost, compare_dense=True, progress=not args.quiet,
                                          repeats=args.repeats))
@@ -309,11 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_generate_arguments(g)
     g.set_defaults(func=_generate)
-    d = sub.add_parser("demo", help="dense vs headsparse on the embedded moving-shapes model (offline, CPU, ~1 min)")
+    d = sub.add_parser("demo", help="dense vs headsparse on the embedded drifting-scenes model (offline, CPU, "
+                                    "~3 min)")
     d.add_argument("--out", default="demo_output")
-    d.add_argument("--model", choices=("shapes", "tiny"), default="shapes",
-                   help="shapes: the model trained in-house (default); tiny: random weights with planted heads")
-    d.add_argument("--prompt", default="a red circle bouncing right")
+    d.add_argument("--model", choices=tuple(DEMO_PROMPTS), default="scenes",
+                   help="scenes: the drifting-scenes model trained in-house, run with the plan searched for it "
+                        "(default); shapes: the earlier moving-shapes model (online recognition); tiny: random "
+                        "weights with planted heads")
+    d.add_argument("--prompt", help="default: a held-out caption of the model's grammar")
     d.add_argument("--steps", type=int)
     d.add_argument("--frames", type=int)
     d.add_argument("--height", type=int)

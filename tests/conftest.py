@@ -11,6 +11,9 @@ import tempfile
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HEADSPARSE_CACHE", tempfile.mkdtemp(prefix="headsparse-test-cache-"))
+# Executor timing on first large calls (kernels/cpu_tuning) would make choices depend on the moment; tests that
+# exercise it turn it on.
+os.environ.setdefault("HEADSPARSE_CPU_TUNING", "0")
 
 import pytest
 import torch

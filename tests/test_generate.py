@@ -140,6 +140,26 @@ def test_generate_refuses_before_loading(tmp_path):
         generate(GenerateRequest(model="tiny", prompt="x", out=tmp_path, mode="auto", max_cost=-1.0))
 
 
+def test_the_scenes_preset_runs_its_shipped_plan_unless_told_otherwise(tmp_path):
+    from headsparse.pipelines import preset_for
+    from headsparse.pipelines.generate import resolve_mode
+
+    preset = preset_for("scenes")
+    shipped = preset.plan_file()
+    assert shipped is not None and shipped.is_file() and shipped.parent == preset.weights_folder()
+    headsparse.load_plan(shipped)  # a valid plan file
+    mode, kwargs = resolve_mode(GenerateRequest(model="scenes", prompt="x", out=tmp_path), preset)
+    assert mode == "plan" and kwargs == {"plan": str(shipped)}
+    mode, kwargs = resolve_mode(GenerateRequest(model="scenes", prompt="x", out=tmp_path, mode="auto"), preset)
+    assert mode == "auto" and kwargs["plan"] == "auto"
+    # Weights of one's own: the shipped plan belongs to the shipped weights, so online recognition runs.
+    own = GenerateRequest(model="scenes", prompt="x", out=tmp_path, model_path=str(tmp_path))
+    assert resolve_mode(own, preset)[0] == "auto"
+    plan = _tiny_plan(tmp_path / "plan.json")
+    mode, kwargs = resolve_mode(GenerateRequest(model="scenes", prompt="x", out=tmp_path, plan=str(plan)), preset)
+    assert mode == "plan" and kwargs["plan"] == str(plan)
+
+
 # --------------------------------------------------------------------------------------------- CLI (subprocess)
 def _tiny_plan(path: Path, model: str = "WanTransformer3DModel") -> Path:
     names = [f"blocks.{i}.attn1" for i in range(4)]
@@ -171,11 +191,27 @@ def test_generate_cli_modes(tmp_path, mode):
         assert all(set(r["patterns"]) <= {"dense"} for r in report["layers"]), report["layers"]
 
 
-def test_demo_runs_the_shipped_moving_shapes_model(tmp_path):
-    """`make demo`'s command at a small size: the trained model, dense vs auto, report with PSNR/SSIM and speed."""
+def test_demo_runs_the_shipped_drifting_scenes_model_with_its_plan(tmp_path):
+    """`make demo`'s command at a small size: the trained scenes model, dense vs the plan shipped with it."""
+    from headsparse.cli import DEMO_PROMPTS
+    from headsparse.pipelines import preset_for
+
     out = tmp_path / "demo"
-    result = run_cli("demo", "--steps", "3", "--frames", "4", "--height", "32", "--width", "32", "--quiet",
-                     "--out", str(out))
+    result = run_cli("demo", "--steps", "2", "--frames", "4", "--height", "32", "--width", "32", "--repeats", "1",
+                     "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "scenes" and report["mode"] == "plan"
+    assert report["patch"]["plan"] == str(preset_for("scenes").plan_file())
+    assert report["prompt"] == DEMO_PROMPTS["scenes"] and report["psnr_mean"] > 10
+    assert report["headline"] in result.stdout
+
+
+def test_demo_runs_the_shipped_moving_shapes_model(tmp_path):
+    """`make demo --model shapes` at a small size: the moving-shapes model, dense vs auto, PSNR/SSIM and speed."""
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--model", "shapes", "--steps", "3", "--frames", "4", "--height", "32", "--width", "32",
+                     "--quiet", "--out", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "shapes" and report["mode"] == "auto"

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from headsparse.kernels import cpu_tuning
 from headsparse.kernels.cpu_profile import cpu_profile
 from headsparse.kernels.flex import flex_block_sparse_attention
 from headsparse.kernels.grouped import grouped_block_sparse_attention, mean_group_rows
@@ -110,6 +111,10 @@ def choose_backend(q: Tensor, layout: Layout, *, return_lse: bool = False) -> st
         return "triton" if _triton_runs(layout, q.device) else "masked"
     if layout.num_heads > 1 and len(head_groups(layout, kind)) > 1:
         return "per-head"
+    if kind == "cpu":
+        tuned = cpu_tuning.tuned_choice(layout, q)
+        if tuned is not None:
+            return tuned
     return _executor(layout, kind, q.device)
 
 
@@ -194,7 +199,9 @@ def _per_head_groups(q: Tensor, k: Tensor, v: Tensor, layout: Layout, scale: flo
     def executor(choice: str, sub: Layout) -> HeadGroupRun:
         if choice == "sdpa":
             return lambda qs, ks, vs: F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
-        return lambda qs, ks, vs: sparse_attention(qs, ks, vs, sub, scale=scale, backend=choice)  # type: ignore
+        # The CPU executors of a group are timed on its first large call (cpu_tuning), so they go through "auto".
+        backend = "auto" if choice in cpu_tuning.CANDIDATES else choice
+        return lambda qs, ks, vs: sparse_attention(qs, ks, vs, sub, scale=scale, backend=backend)  # type: ignore
 
     groups = [(heads, executor(choice, sub)) for choice, heads, sub in head_groups(layout, device_kind(q.device))]
     return attention_by_head_groups(q, k, v, groups)
@@ -229,6 +236,13 @@ def sparse_attention(
         q = permute_tokens(q, q_index)
     if kv_index is not None:
         k, v = permute_tokens(k, kv_index), permute_tokens(v, kv_index)
+    if (backend == "auto" and chosen in cpu_tuning.CANDIDATES and not return_lse and device_kind(q.device) == "cpu"
+            and cpu_tuning.tuned_choice(layout, q) is None and cpu_tuning.worth_tuning(layout, q)):
+        def run(name: str) -> Tensor:
+            return sparse_attention_ordered(q, k, v, layout, name, scale)
+
+        _, result = cpu_tuning.tune(layout, q, run)
+        return result if q_index is None else permute_tokens(result, layout.order_index("q_inverse"))
     if chosen == "triton":
         if not triton_available(q.device):
             raise RuntimeError(
@@ -261,3 +275,13 @@ def sparse_attention(
         out, lse = result
         return permute_tokens(out, inv), torch.gather(lse, 2, inv[None].expand(lse.shape[0], -1, -1))
     return permute_tokens(result, inv)
+
+
+def sparse_attention_ordered(q: Tensor, k: Tensor, v: Tensor, layout: Layout, executor: str,
+                             scale: float | None) -> Tensor:
+    """One CPU executor on q/k/v already in the layout's token order (the output stays in that order)."""
+    if executor == "grouped":
+        return grouped_block_sparse_attention(q, k, v, layout, scale=scale)
+    if executor == "flex":
+        return flex_block_sparse_attention(q, k, v, layout, scale=scale)
+    raise ValueError(f"not a CPU executor: {executor!r}")

@@ -30,22 +30,31 @@ from headsparse.patterns.geometry import Geometry
 from headsparse.patterns.layer import heads_layout
 from headsparse.patterns.neighborhood import Neighborhood
 from headsparse.patterns.pooled import PooledBlocks
+from headsparse.patterns.sliding_tile import SlidingTile
 from headsparse.patterns.spatial import Spatial
 from headsparse.patterns.stripes import Textural
 from headsparse.patterns.temporal import Temporal
 
 
 def default_candidates(geometry: Geometry) -> tuple[Pattern, ...]:
-    """Spatial, temporal, neighborhood and textural settings that fit the geometry."""
+    """Spatial, temporal, neighborhood, sliding-tile and textural settings that fit the geometry.
+
+    Besides fixed windows, two scale with the grid: a 3-D neighbourhood of about half of each axis
+    and a sliding tile of 3x3x3 tiles of about a quarter of each axis (at most STA's 4x8x8 tokens),
+    the tile-aligned form of the same local window, which runs on whole blocks."""
     def odd_fit(k: int, n: int) -> int:
         return min(k, n if n % 2 else max(1, n - 1))
 
     dims = (geometry.frames, geometry.height, geometry.width)
-    hoods = {tuple(odd_fit(k, n) for k, n in zip(kernel, dims, strict=True)) for kernel in ((3, 9, 9), (5, 15, 15))}
+    half = tuple(n // 2 + 1 if n // 2 % 2 == 0 else n // 2 for n in dims)  # odd, about half of each axis
+    hoods = {tuple(odd_fit(k, n) for k, n in zip(kernel, dims, strict=True))
+             for kernel in ((3, 9, 9), (5, 15, 15), half)}
+    tile = tuple(max(1, min(t, -(-n // 4))) for t, n in zip((4, 8, 8), dims, strict=True))
     return (
         Spatial(first_frame_sink=False), Spatial(), Spatial(frame_band=1),
         Temporal(), Temporal(spatial_window=3),
         *(Neighborhood(kernel_size=k) for k in sorted(hoods)),
+        SlidingTile(tile=tile, window=(3, 3, 3)),
         Textural(),
     )
 

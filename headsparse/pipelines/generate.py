@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,11 @@ class RunResult:
 def resolve_mode(request: GenerateRequest, preset: Preset) -> tuple[str, dict[str, Any]]:
     """The mode to run and the keyword arguments of ``headsparse.patch`` for it."""
     mode = request.mode
+    shipped = preset.plan_file() if request.model_path is None else None
+    if mode is None and request.plan is None and shipped is not None and shipped.is_file():
+        mode, request = "plan", replace(request, plan=str(shipped))  # the plan searched for the shipped weights
     if mode is None:
-        mode = "auto" if preset.mode == "auto" else "pattern"
+        mode = "plan" if request.plan is not None else "auto" if preset.mode == "auto" else "pattern"
     if mode not in MODES:
         raise GenerateError(f"mode must be one of {MODES}, got {mode!r}")
     if request.plan is not None and mode != "plan":

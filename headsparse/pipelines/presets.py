@@ -40,6 +40,8 @@ class Preset:
     negative_prompt: str | None = None  # used when the request gives none (Qwen-Image's true CFG needs one)
     notes: str = ""
     weights: str | None = None  # an embedded model: its folder under headsparse/pipelines/weights
+    # A plan searched for the embedded weights (a file in their folder): the default mode with those weights.
+    plan: str | None = None
     # Further pipeline arguments the model's documentation sets (e.g. SkyReels-V2's ar_step).
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     needs_image: bool = False  # an image-to-video pipeline: generate needs --image (the first frame)
@@ -49,6 +51,11 @@ class Preset:
 
     def weights_folder(self) -> Path | None:
         return None if self.weights is None else WEIGHTS / self.weights
+
+    def plan_file(self) -> Path | None:
+        """The shipped plan of the embedded weights, if there is one."""
+        folder = self.weights_folder()
+        return None if folder is None or self.plan is None else folder / self.plan
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -144,6 +151,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                  "on this project's CPU on captioned clips of coloured shapes, in pixel space; prompts follow the "
                  "grammar 'a <red|green|blue|yellow> <circle|square|triangle> <moving|bouncing> "
                  "<left|right|up|down> [on a gray background]'"),
+    Preset("scenes", "DriftingScenesPipeline", "WanTransformer3DModel", "(embedded; trained in-house)", True,
+           "float32", 8, 16, 64, 64, 20, 3.0, dense_steps=0.2, dense_layers=1, weights="drifting_scenes",
+           plan="headsparse_plan.json",
+           notes="the embedded drifting-scenes model (headsparse.pipelines.scenes): a 6-layer Wan transformer trained "
+                 "on this project's CPU on captioned textured scenes under a camera pan with one to three moving "
+                 "objects, in pixel space; 16 frames of 64x64 px are 4096 tokens; its default mode is the plan "
+                 "searched for it (shipped with the weights); prompts such as 'a red circle moving left on a "
+                 "striped background drifting up'"),
 )}
 
 
