@@ -43,8 +43,13 @@ def tuned_choice(layout: Layout, q: Tensor) -> str | None:
 
 
 def worth_tuning(layout: Layout, q: Tensor) -> bool:
-    pairs = q.shape[0] * layout.num_heads * layout.q_len * layout.kv_len * float(layout.block_density().mean())
-    return tuning_enabled() and pairs >= TUNE_MIN_PAIRS
+    """The call visits at least ``TUNE_MIN_PAIRS`` pairs (the cheap bound first: this runs on every untuned call)."""
+    pairs = q.shape[0] * layout.num_heads * layout.q_len * layout.kv_len
+    if not tuning_enabled() or pairs < TUNE_MIN_PAIRS:
+        return False
+    if "mean_block_density" not in layout._cache:
+        layout._cache["mean_block_density"] = float(layout.block_density().mean())
+    return pairs * layout._cache["mean_block_density"] >= TUNE_MIN_PAIRS
 
 
 def tune(layout: Layout, q: Tensor, run: Callable[[str], Tensor]) -> tuple[str, Tensor]:
@@ -67,5 +72,4 @@ def tune(layout: Layout, q: Tensor, run: Callable[[str], Tensor]) -> tuple[str, 
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
     winner = min(best, key=best.get)
     layout._cache[_key(q)] = winner
-    layout._cache.setdefault("cpu_tuning_seconds", {})[_key(q)] = dict(best)
     return winner, outputs[winner]

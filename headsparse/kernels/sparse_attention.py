@@ -216,7 +216,6 @@ def sparse_attention(
     Returns the output [B, H, Lq, D] in q's dtype, and with ``return_lse`` the float32
     log-sum-exp [B, H, Lq] (natural log; -inf for a query that keeps no key, whose output is 0).
     """
-    global _flex_compile_failed
     _check_inputs(q, k, v, layout)
     layout = layout.to(q.device)
     chosen = choose_backend(q, layout, return_lse=return_lse) if backend == "auto" else backend
@@ -238,11 +237,23 @@ def sparse_attention(
         k, v = permute_tokens(k, kv_index), permute_tokens(v, kv_index)
     if (backend == "auto" and chosen in cpu_tuning.CANDIDATES and not return_lse and device_kind(q.device) == "cpu"
             and cpu_tuning.tuned_choice(layout, q) is None and cpu_tuning.worth_tuning(layout, q)):
-        def run(name: str) -> Tensor:
-            return sparse_attention_ordered(q, k, v, layout, name, scale)
+        # Each CPU executor named explicitly, so a failing one raises and is dropped rather than replaced.
+        _, result = cpu_tuning.tune(layout, q, lambda name: _run_executor(q, k, v, layout, name, name, scale, False))
+    else:
+        result = _run_executor(q, k, v, layout, chosen, backend, scale, return_lse)
+    if q_index is None:
+        return result
+    inv = layout.order_index("q_inverse")  # [H, q_len]: each token's position; padding rows are cropped
+    if return_lse:
+        out, lse = result
+        return permute_tokens(out, inv), torch.gather(lse, 2, inv[None].expand(lse.shape[0], -1, -1))
+    return permute_tokens(result, inv)
 
-        _, result = cpu_tuning.tune(layout, q, run)
-        return result if q_index is None else permute_tokens(result, layout.order_index("q_inverse"))
+
+def _run_executor(q: Tensor, k: Tensor, v: Tensor, layout: Layout, chosen: str, backend: Backend,
+                  scale: float | None, return_lse: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """The ``chosen`` executor on q/k/v already in the layout's token order (the output stays in that order)."""
+    global _flex_compile_failed
     if chosen == "triton":
         if not triton_available(q.device):
             raise RuntimeError(
@@ -268,20 +279,4 @@ def sparse_attention(
         raise ValueError(
             f"backend must be one of 'auto', 'triton', 'grouped', 'flex', 'masked'; got {backend!r}"
         )
-    if q_index is None:
-        return result
-    inv = layout.order_index("q_inverse")  # [H, q_len]: each token's position; padding rows are cropped
-    if return_lse:
-        out, lse = result
-        return permute_tokens(out, inv), torch.gather(lse, 2, inv[None].expand(lse.shape[0], -1, -1))
-    return permute_tokens(result, inv)
-
-
-def sparse_attention_ordered(q: Tensor, k: Tensor, v: Tensor, layout: Layout, executor: str,
-                             scale: float | None) -> Tensor:
-    """One CPU executor on q/k/v already in the layout's token order (the output stays in that order)."""
-    if executor == "grouped":
-        return grouped_block_sparse_attention(q, k, v, layout, scale=scale)
-    if executor == "flex":
-        return flex_block_sparse_attention(q, k, v, layout, scale=scale)
-    raise ValueError(f"not a CPU executor: {executor!r}")
+    return result

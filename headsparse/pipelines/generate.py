@@ -92,7 +92,7 @@ def resolve_mode(request: GenerateRequest, preset: Preset) -> tuple[str, dict[st
     mode = request.mode
     shipped = preset.plan_file() if request.model_path is None else None
     if mode is None and request.plan is None and shipped is not None and shipped.is_file():
-        mode, request = "plan", replace(request, plan=str(shipped))  # the plan searched for the shipped weights
+        request = replace(request, plan=str(shipped))  # the plan searched for the shipped weights
     if mode is None:
         mode = "plan" if request.plan is not None else "auto" if preset.mode == "auto" else "pattern"
     if mode not in MODES:
