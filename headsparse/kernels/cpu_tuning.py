@@ -1,10 +1,10 @@
 """On CPU, time the grouped and FlexAttention executors on a layout's first large call, keep the faster.
 
-Which of the two wins depends on more than the CPU (:mod:`headsparse.kernels.cpu_profile`): on one
-AMD EPYC at 4096 tokens, float32, D=32, a sliding-tile layout of 32-token tiles ran at 0.60 of dense
-SDPA grouped and 1.55 under FlexAttention, while the profile's threshold (groups of >= 512 rows,
-measured in bfloat16 at D=64) picked FlexAttention. So a layout whose call is large enough for the
-difference to matter is timed once with the real inputs, each executor warmed first (FlexAttention
+Which of the two wins depends on more than the CPU (:mod:`headsparse.kernels.cpu_profile`): in an
+ad-hoc probe on one AMD EPYC at 4096 tokens, float32, D=32, a sliding-tile layout of 32-token tiles ran
+faster than dense SDPA grouped and slower than dense under FlexAttention, while the profile's threshold
+(groups of >= 512 rows, measured in bfloat16 at D=64) picked FlexAttention. So a layout whose call is
+large enough for the difference to matter is timed once with the real inputs, each executor warmed first (FlexAttention
 compiles, the grouped plan is built), and the winner is cached on the layout for every later call
 of that shape and dtype. The timed calls compute the real output, which is returned, so the
 tuning costs a few calls once per layout, not a wrong result.
