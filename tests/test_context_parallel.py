@@ -11,16 +11,12 @@ swaps one in so that diffusers' ring itself runs, and checks that headsparse lea
 from __future__ import annotations
 
 import logging
-import socket
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo_workers import run_on_gloo
 
 import headsparse
 from headsparse.patterns import Neighborhood, Spatial, Temporal
@@ -40,12 +36,6 @@ FLUX_SIZE = {"height": 4, "width": 4}  # 16 image tokens, 8 per rank
 FLUX_TEXT = 6  # tiny_models gives 7 text tokens; diffusers splits each stream evenly, so keep 6 (3 per rank)
 PLANTED = [["spatial", "temporal"]]
 PLANTED_GRID = (2, 8, 32)  # latent; tokens (2, 4, 16) = 128, 64 per rank
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _per_head_plan(model: torch.nn.Module, heads: tuple, block_size: int = BLOCK) -> ModelPlan:
@@ -108,89 +98,82 @@ def _forward_op_with_lse(ctx: Any, query: torch.Tensor, key: torch.Tensor, value
 # ------------------------------------------------------------------------------------------------- the workers
 
 
-def _worker(rank: int, port: int, out_dir: str, plan_path: str) -> None:
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).parent))
-    torch.accelerator.device_count = lambda: 1  # diffusers divides the rank by it to pick a device
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _scenario(rank: int, plan_path: str) -> dict[str, Any]:
+    from diffusers import ContextParallelConfig
+    from tiny_models import build
+
+    results: dict[str, Any] = {}
+    ulysses = ContextParallelConfig(ulysses_degree=WORLD)
+
+    # Wan: parallelism first, then headsparse (a per-head plan, one pattern), then unpatched.
+    wan = build("wan")
+    inputs = wan.make_inputs(**WAN_SIZE)
+    wan.model.enable_parallelism(config=ulysses)
+    with headsparse.patch(wan.model, _wan_plan(wan.model), backend=BACKEND) as handle:
+        results["wan_plan"] = _run(wan.model, inputs)
+        results["wan_plan_sparse_calls"] = _sparse_calls(handle)
+        results["wan_grid"] = handle.states["transformer"].grid
+    with headsparse.patch(wan.model, pattern="neighborhood", kernel_size=(1, 3, 3), block_size=BLOCK,
+                          backend=BACKEND) as handle:
+        results["wan_pattern"] = _run(wan.model, inputs)
+        results["wan_pattern_sparse_calls"] = _sparse_calls(handle)
+    results["wan_dense"] = _run(wan.model, inputs)
+
+    # FLUX (joint text + image): headsparse first, then parallelism; unpatching keeps the parallel config.
+    flux = build("flux")
+    inputs = _flux_inputs(flux)
+    handle = headsparse.patch(flux.model, _flux_plan(flux.model), backend=BACKEND)
+    flux.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
+    results["flux_plan"] = _run(flux.model, inputs)
+    results["flux_sparse_calls"] = _sparse_calls(handle)
+    results["flux_grid"] = handle.states["transformer"].grid
+    handle.unpatch()
+    results["flux_dense"] = _run(flux.model, inputs)
+
+    # A plan searched on one process, applied unchanged.
+    planted = tiny_planted_wan(PLANTED)
+    planted.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
+    x, t, text = _planted_inputs()
+    with headsparse.patch(planted, plan_path, backend=BACKEND) as handle:
+        with torch.no_grad():
+            results["searched"] = planted(x, t, text, return_dict=False)[0]
+        results["searched_sparse_calls"] = _sparse_calls(handle)
+    # Online recognition: each rank decides for its own (planted spatial / temporal) head.
+    with headsparse.patch(planted, "auto", backend=BACKEND, block_size=BLOCK) as handle:
+        with torch.no_grad():
+            results["auto"] = planted(x, t, text, return_dict=False)[0]
+        results["auto_heads"] = [p.name for p in handle.states["transformer"].heads_now(0)]
+        results["auto_sparse_calls"] = _sparse_calls(handle)
+        try:
+            handle.recognized_plan()
+            results["auto_plan_error"] = None
+        except RuntimeError as exc:
+            results["auto_plan_error"] = str(exc)
+
+    # Ring: diffusers' native CPU op cannot return the log-sum-exp ring attention needs.
+    ring = build("wan")
+    inputs = ring.make_inputs(**WAN_SIZE)
+    ring.model.enable_parallelism(config=ContextParallelConfig(ring_degree=WORLD))
     try:
-        from diffusers import ContextParallelConfig
-        from tiny_models import build
+        _run(ring.model, inputs)
+        results["ring_native_error"] = None
+    except ValueError as exc:
+        results["ring_native_error"] = str(exc)
+    from diffusers.models import attention_dispatch
 
-        results: dict[str, Any] = {}
-        ulysses = ContextParallelConfig(ulysses_degree=WORLD)
-
-        # Wan: parallelism first, then headsparse (a per-head plan, one pattern), then unpatched.
-        wan = build("wan")
-        inputs = wan.make_inputs(**WAN_SIZE)
-        wan.model.enable_parallelism(config=ulysses)
-        with headsparse.patch(wan.model, _wan_plan(wan.model), backend=BACKEND) as handle:
-            results["wan_plan"] = _run(wan.model, inputs)
-            results["wan_plan_sparse_calls"] = _sparse_calls(handle)
-            results["wan_grid"] = handle.states["transformer"].grid
-        with headsparse.patch(wan.model, pattern="neighborhood", kernel_size=(1, 3, 3), block_size=BLOCK,
-                              backend=BACKEND) as handle:
-            results["wan_pattern"] = _run(wan.model, inputs)
-            results["wan_pattern_sparse_calls"] = _sparse_calls(handle)
-        results["wan_dense"] = _run(wan.model, inputs)
-
-        # FLUX (joint text + image): headsparse first, then parallelism; unpatching keeps the parallel config.
-        flux = build("flux")
-        inputs = _flux_inputs(flux)
-        handle = headsparse.patch(flux.model, _flux_plan(flux.model), backend=BACKEND)
-        flux.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
-        results["flux_plan"] = _run(flux.model, inputs)
-        results["flux_sparse_calls"] = _sparse_calls(handle)
-        results["flux_grid"] = handle.states["transformer"].grid
-        handle.unpatch()
-        results["flux_dense"] = _run(flux.model, inputs)
-
-        # A plan searched on one process, applied unchanged.
-        planted = tiny_planted_wan(PLANTED)
-        planted.enable_parallelism(config=ContextParallelConfig(ulysses_degree=WORLD))
-        x, t, text = _planted_inputs()
-        with headsparse.patch(planted, plan_path, backend=BACKEND) as handle:
-            with torch.no_grad():
-                results["searched"] = planted(x, t, text, return_dict=False)[0]
-            results["searched_sparse_calls"] = _sparse_calls(handle)
-        # Online recognition: each rank decides for its own (planted spatial / temporal) head.
-        with headsparse.patch(planted, "auto", backend=BACKEND, block_size=BLOCK) as handle:
-            with torch.no_grad():
-                results["auto"] = planted(x, t, text, return_dict=False)[0]
-            results["auto_heads"] = [p.name for p in handle.states["transformer"].heads_now(0)]
-            results["auto_sparse_calls"] = _sparse_calls(handle)
-            try:
-                handle.recognized_plan()
-                results["auto_plan_error"] = None
-            except RuntimeError as exc:
-                results["auto_plan_error"] = str(exc)
-
-        # Ring: diffusers' native CPU op cannot return the log-sum-exp ring attention needs.
-        ring = build("wan")
-        inputs = ring.make_inputs(**WAN_SIZE)
-        ring.model.enable_parallelism(config=ContextParallelConfig(ring_degree=WORLD))
-        try:
-            _run(ring.model, inputs)
-            results["ring_native_error"] = None
-        except ValueError as exc:
-            results["ring_native_error"] = str(exc)
-        from diffusers.models import attention_dispatch
-
-        native_op = attention_dispatch._native_attention_forward_op
-        attention_dispatch._native_attention_forward_op = _forward_op_with_lse
-        catcher = _Warnings()
-        logging.getLogger("headsparse").addHandler(catcher)
-        try:
-            with headsparse.patch(ring.model, _wan_plan(ring.model), backend=BACKEND) as handle:
-                results["ring_warned_at_patch"] = list(catcher.messages)
-                results["ring"] = _run(ring.model, inputs)
-                results["ring_sparse_calls"] = _sparse_calls(handle)
-        finally:
-            attention_dispatch._native_attention_forward_op = native_op
-            logging.getLogger("headsparse").removeHandler(catcher)
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    native_op = attention_dispatch._native_attention_forward_op
+    attention_dispatch._native_attention_forward_op = _forward_op_with_lse
+    catcher = _Warnings()
+    logging.getLogger("headsparse").addHandler(catcher)
+    try:
+        with headsparse.patch(ring.model, _wan_plan(ring.model), backend=BACKEND) as handle:
+            results["ring_warned_at_patch"] = list(catcher.messages)
+            results["ring"] = _run(ring.model, inputs)
+            results["ring_sparse_calls"] = _sparse_calls(handle)
     finally:
-        dist.destroy_process_group()
+        attention_dispatch._native_attention_forward_op = native_op
+        logging.getLogger("headsparse").removeHandler(catcher)
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +190,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     plan = headsparse.search(planted, run, budget=0.02, cost_model=CostModel("blocks"), block_size=BLOCK,
                              progress=False)
     plan_path = plan.save(out / "plan.json")
-    mp.spawn(_worker, args=(_free_port(), str(out), str(plan_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = run_on_gloo(_scenario, out, WORLD, (str(plan_path),))
     return {"ranks": ranks, "plan": plan, "plan_path": plan_path, "planted_input": (x, t, text)}
 
 

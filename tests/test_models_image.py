@@ -402,46 +402,27 @@ def _settled(out: torch.Tensor) -> torch.Tensor:
     return (out.wait() if hasattr(out, "wait") else out).clone()
 
 
-def _cp_worker(rank: int, port: int, out_dir: str) -> None:
-    import sys
-    from pathlib import Path
+def _cp_scenario(rank: int) -> dict[str, Any]:
+    from diffusers import ContextParallelConfig
 
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).parent))
-    torch.accelerator.device_count = lambda: 1  # diffusers divides the rank by it to pick a device
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        from diffusers import ContextParallelConfig
-
-        results: dict[str, Any] = {}
-        for name in CP_CLASSES:
-            case = build(name)
-            inputs = _cp_inputs(case)
-            case.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
-            with headsparse.patch(case.model, _cp_plan(case.model), **EAGER) as handle:
-                results[name] = _settled(case.run(inputs))
-                results[f"{name}_sparse_calls"] = [s.sparse_calls for s in handle.states["transformer"].stats]
-                results[f"{name}_grid"] = (handle.states["transformer"].grid, handle.states["transformer"].trail)
-            results[f"{name}_dense"] = _settled(case.run(inputs))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    results: dict[str, Any] = {}
+    for name in CP_CLASSES:
+        case = build(name)
+        inputs = _cp_inputs(case)
+        case.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+        with headsparse.patch(case.model, _cp_plan(case.model), **EAGER) as handle:
+            results[name] = _settled(case.run(inputs))
+            results[f"{name}_sparse_calls"] = [s.sparse_calls for s in handle.states["transformer"].stats]
+            results[f"{name}_grid"] = (handle.states["transformer"].grid, handle.states["transformer"].trail)
+        results[f"{name}_dense"] = _settled(case.run(inputs))
+    return results
 
 
 @pytest.fixture(scope="module")
 def cp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    import socket
+    from gloo_workers import run_on_gloo
 
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("cp_image")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_cp_worker, args=(port, str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return run_on_gloo(_cp_scenario, tmp_path_factory.mktemp("cp_image"))
 
 
 @pytest.mark.parametrize("name", CP_CLASSES)

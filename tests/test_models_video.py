@@ -10,16 +10,12 @@ LTX-2 also runs under diffusers' Ulysses context parallelism (two gloo processes
 
 from __future__ import annotations
 
-import socket
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from attention_replay import modules_the_patch_changes, recorded_attention_inputs
+from gloo_workers import run_on_gloo
 from tiny_models_video import VIDEO_CASES, build, build_sana_video, framepack_history_tokens
 
 import headsparse
@@ -284,37 +280,26 @@ def _cp_patch(model):
     return headsparse.patch(model, pattern="spatial", first_frame_sink=False, block_size=32, backend="masked")
 
 
-def _cp_worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).parent))
-    torch.accelerator.device_count = lambda: 1  # diffusers divides the rank by it to pick a device
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        from diffusers import ContextParallelConfig
-        from tiny_models_video import build
+def _cp_scenario(rank: int) -> dict[str, Any]:
+    from diffusers import ContextParallelConfig
 
-        case = build("ltx2")
-        inputs = _cp_inputs(case)
-        case.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
-        with torch.no_grad():
-            with _cp_patch(case.model) as handle:
-                sparse = case.model(**inputs, return_dict=False)
-                calls = [s.sparse_calls for s in handle.states["transformer"].stats]
-                grid = handle.states["transformer"].grid
-            dense = case.model(**inputs, return_dict=False)
-        # The outputs are gathered with functional collectives (AsyncCollectiveTensor): an op waits for them,
-        # torch.save alone may write the buffer before the gather lands.
-        sparse, dense = (tuple(t.clone() for t in out) for out in (sparse, dense))
-        torch.save({"sparse": sparse, "dense": dense, "calls": calls, "grid": grid}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    case = build("ltx2")
+    inputs = _cp_inputs(case)
+    case.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+    with torch.no_grad():
+        with _cp_patch(case.model) as handle:
+            sparse = case.model(**inputs, return_dict=False)
+            calls = [s.sparse_calls for s in handle.states["transformer"].stats]
+            grid = handle.states["transformer"].grid
+        dense = case.model(**inputs, return_dict=False)
+    # The outputs are gathered with functional collectives (AsyncCollectiveTensor): an op waits for them,
+    # torch.save alone may write the buffer before the gather lands.
+    sparse, dense = (tuple(t.clone() for t in out) for out in (sparse, dense))
+    return {"sparse": sparse, "dense": dense, "calls": calls, "grid": grid}
 
 
 def test_ltx2_under_ulysses_matches_one_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_cp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = run_on_gloo(_cp_scenario, tmp_path)
     case = build("ltx2")
     inputs = _cp_inputs(case)
     with torch.no_grad():
@@ -322,8 +307,7 @@ def test_ltx2_under_ulysses_matches_one_process(tmp_path):
         with _cp_patch(case.model):
             sparse = case.model(**inputs, return_dict=False)
     assert (sparse[0] - dense[0]).abs().max() > 1e-3  # the pattern is not dense here
-    for rank in range(2):
-        r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+    for r in ranks:
         assert r["grid"] == (2, 4, 8) and r["calls"] == [1, 1], (r["grid"], r["calls"])
         for got, want in zip((*r["sparse"], *r["dense"]), (*sparse, *dense), strict=True):  # video and audio
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

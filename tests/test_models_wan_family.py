@@ -13,20 +13,17 @@ the two context-parallel workers, whose imports of torch + diffusers dominate.
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from attention_replay import modules_the_patch_changes, recorded_attention_inputs
+from gloo_workers import run_on_gloo
 from layout_checks import assert_layout_is_mask
 from tiny_models_wan_family import (
     CASE_NAMES,
@@ -408,38 +405,26 @@ def _cp_plan(model: torch.nn.Module) -> ModelPlan:
     return ModelPlan(type(model).__name__, 2, tuple(LayerPlan(n, (Phase(0, heads),)) for n in names), block_size=32)
 
 
-def _cp_worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).parent))
-    torch.accelerator.device_count = lambda: 1  # diffusers divides the rank by it to pick a device
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=CP_WORLD)
-    try:
-        from diffusers import ContextParallelConfig
-        from tiny_models_wan_family import build as build_case
+def _cp_scenario(rank: int) -> dict[str, Any]:
+    from diffusers import ContextParallelConfig
+    from tiny_models_wan_family import build as build_case
 
-        results: dict[str, Any] = {}
-        for name in CP_CASES:
-            case = build_case(name)
-            inputs = _cp_inputs(case)
-            case.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=CP_WORLD))
-            with headsparse.patch(case.model, _cp_plan(case.model), backend=BACKEND) as handle:
-                results[name] = _run(case, inputs)
-                results[f"{name}_sparse_calls"] = [s.sparse_calls for s in handle.states["transformer"].stats]
-                results[f"{name}_grid"] = handle.states["transformer"].grid
-            results[f"{name}_dense"] = _run(case, inputs)
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    results: dict[str, Any] = {}
+    for name in CP_CASES:
+        case = build_case(name)
+        inputs = _cp_inputs(case)
+        case.model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=CP_WORLD))
+        with headsparse.patch(case.model, _cp_plan(case.model), backend=BACKEND) as handle:
+            results[name] = _run(case, inputs)
+            results[f"{name}_sparse_calls"] = [s.sparse_calls for s in handle.states["transformer"].stats]
+            results[f"{name}_grid"] = handle.states["transformer"].grid
+        results[f"{name}_dense"] = _run(case, inputs)
+    return results
 
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out = tmp_path_factory.mktemp("cp_wan_family")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_cp_worker, args=(port, str(out)), nprocs=CP_WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(CP_WORLD)]
+    return run_on_gloo(_cp_scenario, tmp_path_factory.mktemp("cp_wan_family"), CP_WORLD)
 
 
 @pytest.mark.parametrize("name", CP_CASES)
