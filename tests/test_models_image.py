@@ -20,12 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attention_replay import modules_the_patch_changes, recorded_attention_inputs
+from patch_checks import assert_dense_patch_is_identity, processors
 from tiny_models_image import CASE_NAMES, ImageCase, build, grid_inputs
 
 import headsparse
 from headsparse.patterns import Geometry, Neighborhood, Pattern
 from headsparse.plugin import SPECS
-from headsparse.plugin.rebind import is_rebound, rebind_processor
+from headsparse.plugin.rebind import rebind_processor
 
 pytestmark = [pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning"),
               pytest.mark.filterwarnings("ignore:.*FluxPosEmbed.*:FutureWarning")]
@@ -59,10 +60,6 @@ def _inputs(case: ImageCase, batch: int = 2, seed: int = 0, **extras: Any) -> di
     return grid_inputs(case, ROWS, COLS, batch=batch, seed=seed, **{**EXTRAS[case.name], **extras})
 
 
-def _processors(model: torch.nn.Module) -> dict[str, Any]:
-    return {name: m.processor for name, m in model.named_modules() if hasattr(m, "processor")}
-
-
 def _rows_changed(case: ImageCase, delta: torch.Tensor) -> list[int]:
     return [r for r in range(ROWS) if case.row(delta, r, COLS).abs().max() > 1e-5]
 
@@ -79,7 +76,7 @@ def test_spec_finds_the_self_attention_modules(case: ImageCase) -> None:
     spec = SPECS[type(case.model).__name__]
     found = tuple(n for n, _ in spec.self_attention_modules(case.model))
     assert found == case.self_attention
-    others = sorted(set(_processors(case.model)) - set(found))
+    others = sorted(set(processors(case.model)) - set(found))
     if case.name in TEXT_ONLY:
         import re
 
@@ -104,18 +101,7 @@ def test_spec_finds_the_self_attention_modules(case: ImageCase) -> None:
 
 def test_dense_plan_is_bit_identical_and_unpatch_restores(case: ImageCase) -> None:
     inputs = _inputs(case)
-    before = _processors(case.model)
-    ref = case.run(inputs)
-    with headsparse.patch(case.model, pattern="dense") as handle:
-        patched = _processors(case.model)
-        assert all(is_rebound(patched[name]) == (name in case.self_attention) for name in patched)
-        out = case.run(inputs)
-        assert handle.plan.transformers["transformer"].num_heads == 2
-    assert torch.equal(out, ref)
-    after = _processors(case.model)
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
-    assert not headsparse.is_patched(case.model)
-    assert torch.equal(case.run(inputs), ref)
+    assert_dense_patch_is_identity(case.model, lambda: case.run(inputs), case.self_attention)
 
 
 def test_sparse_plan_changes_only_self_attention(case: ImageCase) -> None:
@@ -124,7 +110,7 @@ def test_sparse_plan_changes_only_self_attention(case: ImageCase) -> None:
     with headsparse.patch(case.model, pattern=ROW, **EAGER):
         with recorded_attention_inputs(case.model) as recorded:
             case.run(inputs)
-        assert set(recorded) == set(_processors(case.model))
+        assert set(recorded) == set(processors(case.model))
         assert modules_the_patch_changes(case.model, recorded) == set(case.self_attention)
 
 
@@ -348,10 +334,10 @@ def test_flux2_kv_cache_processors_are_refused_and_model_untouched() -> None:
 
     case = build("flux2")
     case.model.transformer_blocks[0].attn.set_processor(Flux2KVAttnProcessor())
-    before = _processors(case.model)
+    before = processors(case.model)
     with pytest.raises(TypeError, match="Flux2KVAttnProcessor"):
         headsparse.patch(case.model, pattern="spatial")
-    assert all(before[k] is p for k, p in _processors(case.model).items())
+    assert all(before[k] is p for k, p in processors(case.model).items())
     assert not headsparse.is_patched(case.model)
 
 

@@ -16,12 +16,13 @@ import pytest
 import torch
 from attention_replay import modules_the_patch_changes, recorded_attention_inputs
 from gloo_workers import run_on_gloo
+from patch_checks import assert_dense_patch_is_identity, processors
 from tiny_models_video import VIDEO_CASES, build, build_sana_video, framepack_history_tokens
 
 import headsparse
 from headsparse.patterns import Geometry, Spatial
 from headsparse.plugin import SPECS
-from headsparse.plugin.rebind import is_rebound, original_processor
+from headsparse.plugin.rebind import original_processor
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
 
@@ -53,10 +54,6 @@ def _run(case, inputs):
         return case.output(case.model(**inputs, return_dict=False))
 
 
-def _processors(model):
-    return {name: m.processor for name, m in model.named_modules() if hasattr(m, "processor")}
-
-
 def _isolation_inputs(case, **extra):
     # LTX-2's audio-video cross-attention links every frame through the audio stream: turn it off here.
     return _inputs(case, **({"isolate_modalities": True} if case.name == "ltx2" else {}), **extra)
@@ -85,18 +82,7 @@ def test_spec_finds_the_self_attention_modules(case):
 
 def test_dense_plan_is_bit_identical_and_unpatch_restores(case):
     inputs = _inputs(case)
-    before = _processors(case.model)
-    ref = _run(case, inputs)
-    with headsparse.patch(case.model, pattern="dense") as handle:
-        patched = _processors(case.model)
-        assert {n for n, p in patched.items() if is_rebound(p)} == set(case.self_attention)
-        out = _run(case, inputs)
-        assert handle.plan.transformers["transformer"].num_heads == 2
-    assert torch.equal(out, ref)
-    after = _processors(case.model)
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
-    assert not headsparse.is_patched(case.model) and not case.model._forward_pre_hooks
-    assert torch.equal(_run(case, inputs), ref)
+    assert_dense_patch_is_identity(case.model, lambda: _run(case, inputs), case.self_attention)
 
 
 def test_sparse_plan_changes_only_self_attention(case):
@@ -227,11 +213,11 @@ def test_kandinsky5_nabla_calls_are_left_to_the_model():
 
 def test_sana_video_is_refused_by_name_with_the_reason():
     model = build_sana_video()
-    before = _processors(model)
+    before = processors(model)
     assert type(before["transformer_blocks.0.attn1"]).__name__ == "SanaLinearAttnProcessor3_0"
     with pytest.raises(TypeError, match=r"SanaVideoTransformer3DModel.*linear attention.*no softmax"):
         headsparse.patch(model, pattern="spatial")
-    assert all(before[k] is p for k, p in _processors(model).items())
+    assert all(before[k] is p for k, p in processors(model).items())
     assert not headsparse.is_patched(model) and not model._forward_pre_hooks
     assert "SanaVideoTransformer3DModel" not in headsparse.supported_classes()
 

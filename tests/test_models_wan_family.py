@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from attention_replay import modules_the_patch_changes, recorded_attention_inputs
 from gloo_workers import run_on_gloo
 from layout_checks import assert_layout_is_mask
+from patch_checks import assert_dense_patch_is_identity
 from tiny_models_wan_family import (
     CASE_NAMES,
     DF_BLOCK,
@@ -40,7 +41,7 @@ from headsparse.patterns import Dense, Geometry, Neighborhood, Spatial, Temporal
 from headsparse.patterns.frame_masked import FrameMasked
 from headsparse.plan import LayerPlan, ModelPlan, Phase
 from headsparse.plugin import SPECS
-from headsparse.plugin.rebind import is_rebound, rebind_processor
+from headsparse.plugin.rebind import rebind_processor
 from headsparse.plugin.runtime import StepTracker, frame_table
 
 pytestmark = [pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning"), pytest.mark.usefixtures("one_thread")]
@@ -72,10 +73,6 @@ def _inputs(case, batch: int = 2, seed: int = 0) -> dict:
 def _run(case, inputs: dict) -> torch.Tensor:
     with torch.no_grad():
         return case.model(**inputs, return_dict=False)[0]
-
-
-def _processors(model: torch.nn.Module) -> dict[str, Any]:
-    return {name: m.processor for name, m in model.named_modules() if hasattr(m, "processor")}
 
 
 def _frame(tensor: torch.Tensor, index: int) -> torch.Tensor:
@@ -159,18 +156,7 @@ def test_self_attention_sees_the_video_grid_only(case, monkeypatch):
 # ---------------------------------------------------------------------------------------------- patch / unpatch
 def test_dense_plan_is_bit_identical_and_unpatch_restores(case):
     inputs = _inputs(case)
-    before = _processors(case.model)
-    ref = _run(case, inputs)
-    with headsparse.patch(case.model, pattern="dense") as handle:
-        patched = _processors(case.model)
-        assert {n for n, p in patched.items() if is_rebound(p)} == set(case.self_attention)
-        out = _run(case, inputs)
-        assert handle.plan.transformers["transformer"].num_heads == 2
-    assert torch.equal(out, ref)
-    after = _processors(case.model)
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
-    assert not headsparse.is_patched(case.model)
-    assert torch.equal(_run(case, inputs), ref)
+    assert_dense_patch_is_identity(case.model, lambda: _run(case, inputs), case.self_attention)
 
 
 def test_sparse_plan_changes_only_self_attention(case):

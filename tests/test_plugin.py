@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 from attention_replay import modules_the_patch_changes, recorded_attention_inputs
+from patch_checks import assert_dense_patch_is_identity, processors
 from tiny_models import CASE_NAMES, build
 
 import headsparse
@@ -48,10 +49,6 @@ def _run(case, inputs):
         return case.model(**inputs, return_dict=False)[0]
 
 
-def _processors(model):
-    return {name: m.processor for name, m in model.named_modules() if hasattr(m, "processor")}
-
-
 def test_spec_finds_the_self_attention_modules(case):
     spec = SPECS[type(case.model).__name__]
     assert tuple(n for n, _ in spec.self_attention_modules(case.model)) == case.self_attention
@@ -59,31 +56,19 @@ def test_spec_finds_the_self_attention_modules(case):
 
 def test_dense_plan_is_bit_identical_and_unpatch_restores(case):
     inputs = _inputs(case)
-    before = _processors(case.model)
-    ref = _run(case, inputs)
-    with headsparse.patch(case.model, pattern="dense") as handle:
-        patched = _processors(case.model)
-        for name in case.self_attention:
-            assert is_rebound(patched[f"{name}.processor"] if f"{name}.processor" in patched else patched[name])
-        out = _run(case, inputs)
-        assert handle.plan.transformers["transformer"].num_heads == 2
-    assert torch.equal(out, ref)
-    after = _processors(case.model)
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
-    assert not headsparse.is_patched(case.model)
-    assert torch.equal(_run(case, inputs), ref)
+    assert_dense_patch_is_identity(case.model, lambda: _run(case, inputs), case.self_attention)
 
 
 def test_patch_twice_is_idempotent(case):
-    before = _processors(case.model)
+    before = processors(case.model)
     headsparse.patch(case.model, pattern="spatial")
     headsparse.patch(case.model, pattern="spatial")
-    for name, proc in _processors(case.model).items():
+    for name, proc in processors(case.model).items():
         if is_rebound(proc):
             assert original_processor(proc) is before[name]
             assert not is_rebound(original_processor(proc))
     headsparse.unpatch(case.model)
-    assert all(p is before[k] for k, p in _processors(case.model).items())
+    assert all(p is before[k] for k, p in processors(case.model).items())
 
 
 def _isolating_pattern(case):
@@ -182,16 +167,16 @@ def test_unknown_processor_is_refused_and_model_untouched():
         pass
 
     case.model.blocks[1].attn1.processor = CustomProcessor()
-    before = _processors(case.model)
+    before = processors(case.model)
     with pytest.raises(TypeError, match="CustomProcessor"):
         headsparse.patch(case.model, pattern="spatial")
-    assert all(before[k] is p for k, p in _processors(case.model).items())
+    assert all(before[k] is p for k, p in processors(case.model).items())
     assert not headsparse.is_patched(case.model)
 
 
 def test_bad_block_size_and_plan_files_are_refused_before_patching(tmp_path):
     case = build("wan")
-    before = _processors(case.model)
+    before = processors(case.model)
     with pytest.raises(ValueError, match=r"block_size must be one of 32, 64, 128 .*got 16"):
         headsparse.patch(case.model, pattern="spatial", block_size=16)
     plan = headsparse.patch(case.model, pattern="spatial").plan
@@ -201,7 +186,7 @@ def test_bad_block_size_and_plan_files_are_refused_before_patching(tmp_path):
     (tmp_path / "empty.json").write_text("   \n")
     with pytest.raises(ValueError, match=r"plan file .*empty\.json is empty"):
         headsparse.patch(case.model, str(tmp_path / "empty.json"))
-    assert all(before[k] is p for k, p in _processors(case.model).items())
+    assert all(before[k] is p for k, p in processors(case.model).items())
     assert not headsparse.is_patched(case.model)
 
 
