@@ -35,6 +35,7 @@ import torch
 
 import headsparse
 from headsparse.machine import device_line, device_report
+from headsparse.patterns.recognize import Recognizer
 from headsparse.pipelines.generate import GenerateRequest, run_once, warm_up
 from headsparse.pipelines.metrics import psnr, ssim
 from headsparse.timing import ratio_cell, ratio_spread, spread_cell
@@ -87,6 +88,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, nargs="+", default=[0.05],
                         help="search budgets (mean relative L2 per head): one plan each, from one calibration")
     parser.add_argument("--modes", nargs="+", default=[*MODES, "auto", "plan"])
+    parser.add_argument("--max-cost", type=float, nargs="+", default=[],
+                        help="with auto in --modes: also auto limited to patterns this device runs within each "
+                             "fraction of dense time (one mode per value)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed rounds, dense and every mode in turn (at least one per caption)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -111,6 +115,8 @@ def main() -> None:
     modes: dict[str, dict] = {m: {**family[m], **warm} for m in args.modes if m in family}
     if "auto" in args.modes:
         modes["auto"] = {"plan": "auto", **warm}
+        for cost in args.max_cost:
+            modes[f"auto max_cost {cost:g}"] = {"plan": "auto", "recognizer": Recognizer(max_cost=cost), **warm}
     if "plan" in args.modes:
         start = time.perf_counter()
         calib = [model.caption(CALIBRATION + i) for i in range(2)]
@@ -193,6 +199,8 @@ def main() -> None:
                      for r, d in zip(mine, scored, strict=True)])
         hits = sum(read(r.frames, c) for r, c in zip(mine, captions, strict=True))
         params = {k: v for k, v in kwargs.items() if k not in ("pattern", "plan", *warm)}
+        if isinstance(params.get("recognizer"), Recognizer):  # its repr is every field; the mode name says it
+            params["recognizer"] = f"max_cost={params['recognizer'].max_cost:g}"
         shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
         lines.append(f"| {mode} | {shown} | {density} | {spread_cell(att_s, '.2f')} | {att} | "
                      f"{spread_cell(wall_s, '.2f')} | {wall} | {p:.2f} | {s:.4f} | {hits}/{total_fields} |")
