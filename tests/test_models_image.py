@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from attention_replay import modules_the_patch_changes, recorded_attention_inputs
+from gloo_workers import run_on_gloo
 from patch_checks import assert_dense_patch_is_identity, processors
 from tiny_models_image import CASE_NAMES, ImageCase, build, grid_inputs
 
@@ -406,8 +407,6 @@ def _cp_scenario(rank: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    from gloo_workers import run_on_gloo
-
     return run_on_gloo(_cp_scenario, tmp_path_factory.mktemp("cp_image"))
 
 

@@ -28,6 +28,7 @@ from diffusers.hooks import (
     TaylorSeerCacheConfig,
 )
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+from patch_checks import processors
 from tiny_pipelines import build_flux_pipeline, build_wan_pipeline, save_tiny_lora
 
 import headsparse
@@ -63,10 +64,6 @@ def self_attention(pipe) -> list[torch.nn.Module]:
     return [m for _, m in spec.self_attention_modules(pipe.transformer)]
 
 
-def processors(pipe) -> dict[str, object]:
-    return {n: m.processor for n, m in pipe.transformer.named_modules() if hasattr(m, "processor")}
-
-
 _PLAIN: dict[str, torch.Tensor] = {}
 
 
@@ -89,12 +86,12 @@ def run_sparse(name: str, pipe, steps: int = STEPS) -> torch.Tensor:
 
 def check_stack(name: str, pipe, ref: torch.Tensor) -> torch.Tensor:
     """With the feature on: dense patch == ``ref``, sparse differs, unpatch restores; returns the sparse output."""
-    before = processors(pipe)
+    before = processors(pipe.transformer)
     with headsparse.patch(pipe, pattern="dense"):
         assert torch.equal(generate(pipe), ref)
     sparse = run_sparse(name, pipe)
     assert not torch.equal(sparse, ref)
-    after = processors(pipe)
+    after = processors(pipe.transformer)
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
     assert torch.equal(generate(pipe), ref)
     return sparse
